@@ -1,0 +1,275 @@
+"""Typed, validated views of an experiment config.
+
+An ml_collections ConfigDict (configs/*.py) is turned into frozen dataclasses once, at the edge;
+every bad value fails here, before anything compiles, with a message that names the field and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+ATTENTION_KERNELS = ("reference", "xla", "cudnn")  # extended by gptjax.model.kernels' registry
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field and the fix."""
+
+
+def _fail(field: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{field}={value!r} is invalid: {allowed}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The GPT's shape and variants. Defaults are GPT-2 small (124M)."""
+
+    vocab_size: int = 50257
+    max_len: int = 1024
+    num_layers: int = 12
+    num_heads: int = 12
+    num_kv_heads: int | None = None  # None: = num_heads (MHA); 1: MQA; otherwise GQA
+    d_model: int = 768
+    d_ff: int | None = None  # None: 4 * d_model
+    dropout: float = 0.0  # embeddings, attention weights and residual branches
+    attention: str = "xla"  # a name in gptjax.model.kernels.KERNELS
+    position: str = "learned"  # learned | sinusoidal | rope | alibi | none
+    window: int | None = None  # sliding-window attention: attend to the last `window` tokens
+    tie_embeddings: bool = True  # LM head shares the token embedding (GPT-2)
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    remat: bool = False  # rematerialise each block in the backward pass
+    layer_norm_epsilon: float = 1e-5
+    rope_theta: float = 10000.0
+
+    def __post_init__(self):
+        if self.num_kv_heads is None:
+            object.__setattr__(self, "num_kv_heads", self.num_heads)
+        if self.d_ff is None:
+            object.__setattr__(self, "d_ff", 4 * self.d_model)
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "max_len", "num_layers", "num_heads", "num_kv_heads",
+                     "d_model", "d_ff"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                _fail(f"model.{name}", value, "must be a positive integer")
+        if self.d_model % self.num_heads:
+            _fail("model.d_model", self.d_model,
+                  f"must be divisible by model.num_heads={self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            _fail("model.num_heads", self.num_heads,
+                  f"must be divisible by model.num_kv_heads={self.num_kv_heads} "
+                  "(num_kv_heads=1 is MQA, =num_heads is MHA)")
+        if not 0.0 <= self.dropout < 1.0:
+            _fail("model.dropout", self.dropout, "must be in [0, 1)")
+        from gptjax.model.kernels import KERNELS  # late: the registry may grow
+
+        if self.attention not in KERNELS:
+            _fail("model.attention", self.attention, f"choose one of {sorted(KERNELS)}")
+        if self.position not in POSITIONS:
+            _fail("model.position", self.position, f"choose one of {list(POSITIONS)}")
+        if self.position == "rope" and self.head_dim % 2:
+            _fail("model.d_model", self.d_model,
+                  f"RoPE needs an even head_dim; d_model/num_heads={self.head_dim}")
+        if self.position == "sinusoidal" and self.d_model % 2:
+            _fail("model.d_model", self.d_model, "sinusoidal positions need an even d_model")
+        if self.window is not None:
+            if not isinstance(self.window, int) or self.window <= 0:
+                _fail("model.window", self.window, "must be a positive integer or None")
+            if self.window > self.max_len:
+                _fail("model.window", self.window,
+                      f"must not exceed model.max_len={self.max_len}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                _fail(f"model.{name}", getattr(self, name), f"choose one of {list(DTYPES)}")
+        if self.layer_norm_epsilon <= 0:
+            _fail("model.layer_norm_epsilon", self.layer_norm_epsilon, "must be positive")
+
+    def check_length(self, seq_len: int, what: str = "sequence length") -> None:
+        """Raise if `seq_len` tokens cannot be positioned by this model."""
+        if seq_len > self.max_len and self.position == "learned":
+            raise ConfigError(
+                f"{what} {seq_len} exceeds model.max_len={self.max_len}, the number of learned "
+                "positions; shorten the input or raise model.max_len")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+        return _from_dict(cls, d, "model")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where tokens come from and how they are batched."""
+
+    dataset: str = "embedded"  # a name in gptjax.data's registry, or a TFDS catalog name
+    text_file: str | tuple[str, ...] | None = None  # local text file(s) for dataset='text_file'
+    val_text_file: str | tuple[str, ...] | None = None  # separate validation file(s)
+    val_fraction: float = 0.1  # validation split taken from the end when no val_text_file
+    tokenizer: str = "char"  # char | byte | gpt2 | a folder with tokenizer files
+    seq_len: int = 256
+    batch_size: int = 32  # global batch, in sequences
+    shuffle: bool = True
+
+    def validate(self) -> None:
+        for name in ("seq_len", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                _fail(f"data.{name}", value, "must be a positive integer")
+        if not 0.0 < self.val_fraction < 1.0:
+            _fail("data.val_fraction", self.val_fraction, "must be in (0, 1)")
+
+    def __post_init__(self):
+        self.validate()
+
+
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with warmup + schedule, global-norm clipping and gradient accumulation."""
+
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | linear | constant | wsd (warmup-stable-decay)
+    decay_steps: int | None = None  # None: train.num_steps
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    z_loss: float = 0.0
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            _fail("optim.lr", self.lr, "must be positive")
+        if self.min_lr < 0 or self.min_lr > self.lr:
+            _fail("optim.min_lr", self.min_lr, f"must be in [0, optim.lr={self.lr}]")
+        if self.schedule not in SCHEDULES:
+            _fail("optim.schedule", self.schedule, f"choose one of {list(SCHEDULES)}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            _fail("optim.warmup_steps", self.warmup_steps, "must be a non-negative integer")
+        for name in ("b1", "b2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                _fail(f"optim.{name}", getattr(self, name), "must be in [0, 1)")
+        if self.weight_decay < 0:
+            _fail("optim.weight_decay", self.weight_decay, "must be non-negative")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            _fail("optim.grad_clip", self.grad_clip, "must be positive, or None for no clipping")
+        if not isinstance(self.grad_accum, int) or self.grad_accum < 1:
+            _fail("optim.grad_accum", self.grad_accum, "must be an integer >= 1")
+        if self.z_loss < 0:
+            _fail("optim.z_loss", self.z_loss, "must be non-negative")
+
+    def __post_init__(self):
+        self.validate()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The loop: how long, how often to evaluate, log and checkpoint."""
+
+    num_steps: int = 1000
+    seed: int = 0
+    eval_every: int = 250
+    eval_steps: int = 20
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    sample_every: int = 0  # 0: sample only at evaluations
+    sample_tokens: int = 100
+    peak_flops: float | None = None  # per-device FLOP/s for MFU where the chip is not known
+
+    def validate(self) -> None:
+        if not isinstance(self.num_steps, int) or self.num_steps <= 0:
+            _fail("train.num_steps", self.num_steps, "must be a positive integer")
+        for name in ("eval_every", "eval_steps", "log_every", "checkpoint_every",
+                     "keep_checkpoints"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                _fail(f"train.{name}", value, "must be a positive integer")
+
+    def __post_init__(self):
+        self.validate()
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh: data x fsdp x tensor; -1 fills the devices left over."""
+
+    strategy: str = "jit"  # jit (NamedSharding over a Mesh) | pmap (data parallel)
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def validate(self) -> None:
+        if self.strategy not in ("jit", "pmap"):
+            _fail("mesh.strategy", self.strategy, "choose 'jit' or 'pmap'")
+        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        for name, value in sizes.items():
+            if not isinstance(value, int) or (value <= 0 and value != -1):
+                _fail(f"mesh.{name}", value, "must be a positive integer or -1 (fill)")
+        if sum(v == -1 for v in sizes.values()) > 1:
+            raise ConfigError(f"mesh {sizes}: at most one axis may be -1")
+
+    def __post_init__(self):
+        self.validate()
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole experiment: model, data, optim, train, mesh."""
+
+    model: ModelConfig
+    data: DataConfig
+    optim: OptimConfig
+    train: TrainConfig
+    mesh: MeshConfig
+
+    def __post_init__(self):
+        if self.data.seq_len > self.model.max_len and self.model.position == "learned":
+            _fail("data.seq_len", self.data.seq_len,
+                  f"must not exceed model.max_len={self.model.max_len} with learned positions")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Config":
+        """Turn an ml_collections ConfigDict (or dict) into a validated Config."""
+        if hasattr(d, "to_dict"):
+            d = d.to_dict()
+        sections = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
+                    "train": TrainConfig, "mesh": MeshConfig}
+        unknown = sorted(set(d) - set(sections))
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {unknown}; known: {list(sections)}")
+        return cls(**{name: _from_dict(kind, d.get(name, {}), name)
+                      for name, kind in sections.items()})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _from_dict(cls, d: Mapping[str, Any], section: str):
+    """Build dataclass `cls` from a mapping, rejecting unknown keys by name."""
+    if hasattr(d, "to_dict"):
+        d = d.to_dict()
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown field(s) {', '.join(section + '.' + u for u in unknown)}; "
+                          f"known fields of {section}: {sorted(names)}")
+    d = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(d).items()}
+    return cls(**d)

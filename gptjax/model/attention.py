@@ -1,0 +1,90 @@
+"""Multi-head causal self-attention (MHA / MQA / GQA) with an optional KV cache.
+
+Section 3.2 of the background article: project the input to queries, keys and values, split them
+into heads, attend in every head in parallel, concatenate the heads and project back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gptjax.config import ModelConfig
+from gptjax.model import kernels, positions
+
+normal = nnx.initializers.normal
+
+
+def dense(cfg: ModelConfig, d_in: int, d_out: int, axes, *, std: float, rngs: nnx.Rngs,
+          use_bias: bool = True) -> nnx.Linear:
+    """A Linear with GPT-2 init (normal(std), zero bias) and logical axis names for sharding."""
+    return nnx.Linear(
+        d_in, d_out, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        kernel_init=nnx.with_partitioning(normal(std), axes),
+        bias_metadata={"out_sharding": (axes[1],)}, rngs=rngs)
+
+
+class CausalSelfAttention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, hd = cfg.d_model, cfg.head_dim
+        residual_std = 0.02 / math.sqrt(2 * cfg.num_layers)  # GPT-2: scale residual projections
+        self.query = dense(cfg, d, cfg.num_heads * hd, ("embed", "heads"), std=0.02, rngs=rngs)
+        self.key = dense(cfg, d, cfg.num_kv_heads * hd, ("embed", "kv_heads"), std=0.02, rngs=rngs)
+        self.value = dense(cfg, d, cfg.num_kv_heads * hd, ("embed", "kv_heads"), std=0.02,
+                           rngs=rngs)
+        self.out = dense(cfg, cfg.num_heads * hd, d, ("heads", "embed"), std=residual_std,
+                         rngs=rngs)
+        self.resid_dropout = nnx.Dropout(cfg.dropout)
+
+    def __call__(self, x, *, positions_, mask, bias=None, cache=None, cache_index=None,
+                 deterministic: bool = True, rngs: nnx.Rngs | None = None):
+        """x: [batch, seq, d_model] -> ([batch, seq, d_model], updated cache or None).
+
+        cache: {'k', 'v': [batch, cache_len, kv_heads, head_dim]}; this call's keys and values are
+        written at slot `cache_index` and the queries attend over the whole cache (`mask` hides
+        the slots not yet written).
+        """
+        cfg = self.cfg
+        b, t, _ = x.shape
+        # 1. queries, keys and values, split into heads: [batch, seq, heads, head_dim]
+        q = self.query(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
+        k = self.key(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        v = self.value(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        if cfg.position == "rope":
+            q = positions.rope(q, positions_, cfg.rope_theta)
+            k = positions.rope(k, positions_, cfg.rope_theta)
+        if cache is not None:
+            start = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+            cache = {"k": k, "v": v}
+            k, v = k.astype(q.dtype), v.astype(q.dtype)
+        training = not deterministic and cfg.dropout > 0.0
+        dropout_rng = rngs.dropout() if training and rngs is not None else None
+        # 2-4. scaled dot-product attention in every head at once
+        y = kernels.get_kernel(cfg.attention)(
+            q, k, v, mask=mask, bias=bias, dropout_rate=cfg.dropout if training else 0.0,
+            dropout_rng=dropout_rng)
+        # concatenate the heads and project back to d_model
+        y = self.out(y.reshape(b, t, cfg.num_heads * cfg.head_dim))
+        return self.resid_dropout(y, deterministic=deterministic, rngs=rngs), cache
+
+
+def attention_mask(q_slots, kv_slots, kv_valid=None, window: int | None = None):
+    """Boolean [batch|1, 1, q_len, kv_len]: causal, optionally windowed, hiding invalid keys.
+
+    q_slots: [q_len] and kv_slots: [kv_len] are positions in the (cached) sequence;
+    kv_valid: [batch, kv_len], False for padding and for cache slots not yet written.
+    """
+    mask = kv_slots[None, :] <= q_slots[:, None]
+    if window is not None:
+        mask &= q_slots[:, None] - kv_slots[None, :] < window
+    mask = mask[None, None]
+    if kv_valid is not None:
+        mask = mask & kv_valid.astype(bool)[:, None, None, :]
+    return mask

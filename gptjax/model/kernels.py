@@ -1,0 +1,97 @@
+"""Attention kernels: softmax(QK^T / sqrt(d_k)) V, several ways.
+
+Every kernel has one signature so the model, the benchmarks and the tests can swap them by name:
+
+    kernel(q, k, v, *, mask=None, bias=None, dropout_rate=0.0, dropout_rng=None) -> out
+    q: [batch, q_len, heads, head_dim]     k, v: [batch, kv_len, kv_heads, head_dim]
+    mask: bool, broadcastable to [batch, heads, q_len, kv_len], True = may attend
+    bias: float, broadcastable to [batch, heads, q_len, kv_len], added to the scores (ALiBi)
+    dropout_rate, dropout_rng: dropout on the attention weights (training only)
+    out: [batch, q_len, heads, head_dim]
+
+`heads` is a multiple of `kv_heads` (MHA when equal, MQA when kv_heads == 1, GQA otherwise).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Protocol
+
+import jax
+import jax.numpy as jnp
+
+
+class Kernel(Protocol):
+    def __call__(self, q, k, v, *, mask=None, bias=None, dropout_rate=0.0,
+                 dropout_rng=None) -> jax.Array: ...
+
+
+KERNELS: dict[str, Kernel] = {}
+
+
+def register(name: str) -> Callable[[Kernel], Kernel]:
+    """Add a kernel to the registry under `name` (what `model.attention` selects)."""
+
+    def add(fn: Kernel) -> Kernel:
+        KERNELS[name] = fn
+        return fn
+
+    return add
+
+
+def get_kernel(name: str) -> Kernel:
+    if name not in KERNELS:
+        raise ValueError(f"unknown attention kernel {name!r}; choose one of {sorted(KERNELS)}")
+    return KERNELS[name]
+
+
+@register("reference")
+def reference_attention(q, k, v, *, mask=None, bias=None, dropout_rate=0.0, dropout_rng=None):
+    """The oracle, written step by step as the background article describes (sections 3.1, 4.2).
+
+    Per head: scores = Q K^T / sqrt(d_k); softmax over keys; context = weights V.
+    """
+    heads, kv_heads = q.shape[2], k.shape[2]
+    # Multi-head with shared K/V heads (MQA/GQA): each K/V head serves heads // kv_heads queries.
+    k = jnp.repeat(k, heads // kv_heads, axis=2)
+    v = jnp.repeat(v, heads // kv_heads, axis=2)
+    d_k = q.shape[-1]
+    # 2. attention scores: every query against every key, in parallel for each head.
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(d_k))
+    if bias is not None:
+        scores = scores + bias.astype(jnp.float32)
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    # 3. normalise: softmax over the keys gives each query's attention weights.
+    weights = jax.nn.softmax(scores, axis=-1)
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    weights = weights.astype(v.dtype)
+    # 4. weighted sum of the values: each token's context representation.
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def _dot_product_attention(q, k, v, *, mask=None, bias=None, dropout_rate=0.0, dropout_rng=None,
+                           implementation=None):
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        # jax.nn.dot_product_attention has no attention-weight dropout: train through the oracle.
+        return reference_attention(q, k, v, mask=mask, bias=bias, dropout_rate=dropout_rate,
+                                   dropout_rng=dropout_rng)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask,
+                                        implementation=implementation)
+
+
+register("xla")(functools.partial(_dot_product_attention, implementation="xla"))
+
+
+@register("cudnn")
+def cudnn_attention(q, k, v, *, mask=None, bias=None, dropout_rate=0.0, dropout_rng=None):
+    """jax.nn.dot_product_attention's cuDNN fused kernel (GPU only, fp16/bf16)."""
+    if jax.default_backend() != "gpu":
+        raise ValueError(
+            f"model.attention='cudnn' needs a GPU, but JAX's backend is "
+            f"{jax.default_backend()!r}; use model.attention='xla' here")
+    return _dot_product_attention(q, k, v, mask=mask, bias=bias, dropout_rate=dropout_rate,
+                                  dropout_rng=dropout_rng, implementation="cudnn")

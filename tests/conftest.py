@@ -1,0 +1,22 @@
+"""Test setup: eight fake CPU devices, offline Hugging Face, paths to shared data."""
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
+GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
+
+
+@pytest.fixture
+def shakespeare_path():
+    if not SHAKESPEARE.exists():
+        pytest.skip(f"{SHAKESPEARE} is absent (../shared is not beside this checkout)")
+    return SHAKESPEARE
