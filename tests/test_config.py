@@ -1,0 +1,64 @@
+"""Every bad config value fails before any compile, naming the field and what is allowed."""
+
+import ml_collections
+import pytest
+
+from gptjax.config import Config, ConfigError, ModelConfig
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(d_model=100, num_heads=12), r"model.d_model=100 .*divisible by model.num_heads=12"),
+    (dict(num_heads=12, num_kv_heads=5), r"model.num_heads=12 .*num_kv_heads=5"),
+    (dict(attention="flash9"), r"model.attention='flash9' .*choose one of .*reference"),
+    (dict(position="spiral"), r"model.position='spiral' .*learned.*rope.*alibi"),
+    (dict(num_layers=0), r"model.num_layers=0 .*positive integer"),
+    (dict(vocab_size=-3), r"model.vocab_size=-3 .*positive integer"),
+    (dict(d_ff=0), r"model.d_ff=0"),
+    (dict(dropout=1.5), r"model.dropout=1.5"),
+    (dict(window=4096), r"model.window=4096 .*max_len=1024"),
+    (dict(dtype="float8"), r"model.dtype='float8'"),
+    (dict(position="rope", d_model=66, num_heads=6), r"RoPE needs an even head_dim"),
+])
+def test_bad_model_values(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        ModelConfig(**kwargs)
+
+
+def test_sequence_longer_than_learned_positions():
+    cfg = ModelConfig(max_len=64, num_layers=1, d_model=32, num_heads=4)
+    cfg.check_length(64)
+    with pytest.raises(ConfigError, match="70 exceeds model.max_len=64"):
+        cfg.check_length(70)
+    ModelConfig(max_len=64, num_layers=1, d_model=32, num_heads=4, position="rope").check_length(70)
+    with pytest.raises(ConfigError, match="data.seq_len=128 .*max_len=64"):
+        Config.from_dict({"model": {"max_len": 64}, "data": {"seq_len": 128}})
+
+
+def test_from_config_dict_and_unknown_fields():
+    cd = ml_collections.ConfigDict({"model": {"num_layers": 2, "d_model": 64, "num_heads": 4},
+                                    "optim": {"lr": 1e-3}})
+    cfg = Config.from_dict(cd)
+    assert cfg.model.num_layers == 2 and cfg.model.d_ff == 256 and cfg.optim.lr == 1e-3
+    assert cfg.model.num_kv_heads == 4
+    with pytest.raises(ConfigError, match="unknown field.*model.n_layer"):
+        Config.from_dict({"model": {"n_layer": 2}})
+    with pytest.raises(ConfigError, match="unknown config section.*modle"):
+        Config.from_dict({"modle": {}})
+
+
+@pytest.mark.parametrize("section, field, value, match", [
+    ("optim", "schedule", "exp", "optim.schedule='exp'"),
+    ("optim", "min_lr", 1.0, "optim.min_lr=1.0"),
+    ("optim", "grad_accum", 0, "optim.grad_accum=0"),
+    ("data", "batch_size", 0, "data.batch_size=0"),
+    ("train", "num_steps", -1, "train.num_steps=-1"),
+    ("mesh", "strategy", "pjit2", "mesh.strategy='pjit2'"),
+])
+def test_bad_other_sections(section, field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        Config.from_dict({section: {field: value}})
+
+
+def test_mesh_allows_one_fill_axis():
+    with pytest.raises(ConfigError, match="at most one axis may be -1"):
+        Config.from_dict({"mesh": {"data": -1, "fsdp": -1}})

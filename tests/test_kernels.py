@@ -1,0 +1,112 @@
+"""Every attention kernel equals the reference (the article's step-by-step oracle)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gptjax.model import kernels
+from gptjax.model.attention import attention_mask
+from gptjax.model.positions import alibi_bias
+
+B, T, H, D = 2, 12, 4, 8
+LAYOUTS = {"mha": 4, "gqa": 2, "mqa": 1}
+CPU_KERNELS = [k for k in kernels.KERNELS if k not in ("reference", "cudnn")]
+
+
+def _inputs(kv_heads, seed=0):
+    kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
+    q = jax.random.normal(kq, (B, T, H, D))
+    k = jax.random.normal(kk, (B, T, kv_heads, D))
+    v = jax.random.normal(kv, (B, T, kv_heads, D))
+    return q, k, v
+
+
+def _masks(window=None, padded=False):
+    slots = jnp.arange(T)
+    valid = None
+    if padded:  # left padding of 3 tokens on the second row
+        valid = jnp.stack([jnp.ones(T, bool), jnp.arange(T) >= 3])
+    return attention_mask(slots, slots, valid, window)
+
+
+def _naive(q, k, v, mask, bias):
+    """Numpy loops over batch and head: softmax(q k^T / sqrt(d) + bias) v."""
+    q, k, v = map(np.asarray, (q, k, v))
+    out = np.zeros_like(q)
+    group = q.shape[2] // k.shape[2]
+    for b in range(q.shape[0]):
+        for h in range(q.shape[2]):
+            s = q[b, :, h] @ k[b, :, h // group].T / np.sqrt(q.shape[-1])
+            if bias is not None:
+                s = s + np.asarray(bias)[0, h]
+            m = np.broadcast_to(np.asarray(mask), (q.shape[0], 1, T, T))[b, 0]
+            s = np.where(m, s, -np.inf)
+            live = m.any(-1)  # a padding query sees no key; its output is irrelevant
+            w = np.exp(s[live] - s[live].max(-1, keepdims=True))
+            w /= w.sum(-1, keepdims=True)
+            out[b, live, h] = w @ v[b, :, h // group]
+    return out
+
+
+def _live_rows(mask):
+    """[batch, q_len] rows with at least one visible key."""
+    return np.broadcast_to(np.asarray(mask), (B, 1, T, T))[:, 0].any(-1)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("variant", ["causal", "window", "padded", "alibi"])
+def test_reference_is_the_formula(layout, variant):
+    q, k, v = _inputs(LAYOUTS[layout])
+    mask = _masks(window=4 if variant == "window" else None, padded=variant == "padded")
+    bias = alibi_bias(H, jnp.arange(T), jnp.arange(T)) if variant == "alibi" else None
+    out = kernels.reference_attention(q, k, v, mask=mask, bias=bias)
+    live = _live_rows(mask)
+    np.testing.assert_allclose(np.asarray(out)[live], _naive(q, k, v, mask, bias)[live],
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", CPU_KERNELS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("variant", ["causal", "window", "padded", "alibi"])
+def test_kernel_matches_reference_forward_and_gradient(name, layout, variant):
+    q, k, v = _inputs(LAYOUTS[layout], seed=1)
+    mask = _masks(window=4 if variant == "window" else None, padded=variant == "padded")
+    bias = alibi_bias(H, jnp.arange(T), jnp.arange(T)) if variant == "alibi" else None
+    kernel = kernels.get_kernel(name)
+    cot = jax.random.normal(jax.random.key(9), q.shape)
+
+    def loss(fn, q, k, v):
+        return jnp.sum(fn(q, k, v, mask=mask, bias=bias) * cot)
+
+    ref_out = kernels.reference_attention(q, k, v, mask=mask, bias=bias)
+    out = kernel(q, k, v, mask=mask, bias=bias)
+    np.testing.assert_allclose(out, ref_out, atol=2e-5, rtol=2e-5)
+    ref_grads = jax.grad(loss, argnums=(1, 2, 3))(kernels.reference_attention, q, k, v)
+    grads = jax.grad(loss, argnums=(1, 2, 3))(kernel, q, k, v)
+    for g, rg in zip(grads, ref_grads):
+        np.testing.assert_allclose(g, rg, atol=5e-5, rtol=5e-5)
+
+
+def test_attention_dropout_only_when_asked():
+    q, k, v = _inputs(4)
+    mask = _masks()
+    plain = kernels.reference_attention(q, k, v, mask=mask)
+    same = kernels.reference_attention(q, k, v, mask=mask, dropout_rate=0.5)  # no rng: no drop
+    dropped = kernels.reference_attention(q, k, v, mask=mask, dropout_rate=0.5,
+                                          dropout_rng=jax.random.key(0))
+    np.testing.assert_array_equal(plain, same)
+    assert not np.allclose(plain, dropped)
+
+
+def test_cudnn_off_gpu_names_the_fix():
+    if jax.default_backend() == "gpu":
+        pytest.skip("a GPU is present")
+    q, k, v = _inputs(4)
+    with pytest.raises(ValueError, match="needs a GPU.*attention='xla'"):
+        kernels.get_kernel("cudnn")(q, k, v, mask=_masks())
+
+
+def test_unknown_kernel():
+    with pytest.raises(ValueError, match="unknown attention kernel 'flashy'"):
+        kernels.get_kernel("flashy")
