@@ -27,7 +27,7 @@ def _fail(field: str, value: Any, allowed: str) -> None:
 class ModelConfig:
     """The GPT's shape and variants. Defaults are GPT-2 small (124M)."""
 
-    vocab_size: int = 50257
+    vocab_size: int = 50257  # 0: take it from the run's tokenizer (gptjax.training resolves it)
     max_len: int = 1024
     num_layers: int = 12
     num_heads: int = 12
@@ -57,8 +57,11 @@ class ModelConfig:
         return self.d_model // self.num_heads
 
     def validate(self) -> None:
-        for name in ("vocab_size", "max_len", "num_layers", "num_heads", "num_kv_heads",
-                     "d_model", "d_ff"):
+        if (not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool)
+                or self.vocab_size < 0):
+            _fail("model.vocab_size", self.vocab_size,
+                  "must be a positive integer, or 0 to take it from the tokenizer")
+        for name in ("max_len", "num_layers", "num_heads", "num_kv_heads", "d_model", "d_ff"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 _fail(f"model.{name}", value, "must be a positive integer")
@@ -153,16 +156,27 @@ class OptimConfig:
     grad_clip: float | None = 1.0
     grad_accum: int = 1
     z_loss: float = 0.0
+    decay_embeddings: bool = False  # also weight-decay token/position embeddings (nanoGPT does)
+    wsd_decay_fraction: float = 0.2  # schedule='wsd': the last fraction of decay_steps decays
 
     def validate(self) -> None:
         if self.lr <= 0:
             _fail("optim.lr", self.lr, "must be positive")
         if self.min_lr < 0 or self.min_lr > self.lr:
             _fail("optim.min_lr", self.min_lr, f"must be in [0, optim.lr={self.lr}]")
-        if self.schedule not in SCHEDULES:
-            _fail("optim.schedule", self.schedule, f"choose one of {list(SCHEDULES)}")
+        from gptjax.training.optim import SCHEDULES as registry  # late: the registry may grow
+
+        if self.schedule not in registry:
+            _fail("optim.schedule", self.schedule, f"choose one of {sorted(registry)}")
+        if not 0.0 < self.wsd_decay_fraction <= 1.0:
+            _fail("optim.wsd_decay_fraction", self.wsd_decay_fraction, "must be in (0, 1]")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             _fail("optim.warmup_steps", self.warmup_steps, "must be a non-negative integer")
+        if self.decay_steps is not None and (not isinstance(self.decay_steps, int)
+                                             or self.decay_steps <= self.warmup_steps):
+            _fail("optim.decay_steps", self.decay_steps,
+                  f"must be an integer > optim.warmup_steps={self.warmup_steps}, or None "
+                  "for train.num_steps")
         for name in ("b1", "b2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 _fail(f"optim.{name}", getattr(self, name), "must be in [0, 1)")
@@ -191,7 +205,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     sample_every: int = 0  # 0: sample only at evaluations
-    sample_tokens: int = 100
+    sample_tokens: int = 100  # 0: no text samples
+    sample_prompt: str = "\n"
     peak_flops: float | None = None  # per-device FLOP/s for MFU where the chip is not known
 
     def validate(self) -> None:
