@@ -124,6 +124,7 @@ class DataConfig:
     seq_len: int = 256
     batch_size: int = 32  # global batch, in sequences
     shuffle: bool = True
+    data_dir: str | None = None  # prepared TFDS data; None: $GPTJAX_DATA_DIR or TFDS default
 
     def validate(self) -> None:
         for name in ("seq_len", "batch_size"):
