@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from gptjax.model import kernels
-from gptjax.model.attention import attention_mask
-from gptjax.model.positions import alibi_bias
+from gptjax.model.masks import Mask
+from gptjax.model.positions import alibi_slopes
 
 B, T, H, D = 2, 12, 4, 8
 LAYOUTS = {"mha": 4, "gqa": 2, "mqa": 1}
@@ -22,17 +22,19 @@ def _inputs(kv_heads, seed=0):
     return q, k, v
 
 
-def _masks(window=None, padded=False):
+def _masks(variant="causal"):
     slots = jnp.arange(T)
     valid = None
-    if padded:  # left padding of 3 tokens on the second row
+    if variant == "padded":  # left padding of 3 tokens on the second row
         valid = jnp.stack([jnp.ones(T, bool), jnp.arange(T) >= 3])
-    return attention_mask(slots, slots, valid, window)
+    slopes = jnp.asarray(alibi_slopes(H)) if variant == "alibi" else None
+    return Mask(slots, slots, valid, slopes, 4 if variant == "window" else None)
 
 
-def _naive(q, k, v, mask, bias):
+def _naive(q, k, v, spec):
     """Numpy loops over batch and head: softmax(q k^T / sqrt(d) + bias) v."""
     q, k, v = map(np.asarray, (q, k, v))
+    mask, bias = spec.dense(), spec.bias()
     out = np.zeros_like(q)
     group = q.shape[2] // k.shape[2]
     for b in range(q.shape[0]):
@@ -51,18 +53,17 @@ def _naive(q, k, v, mask, bias):
 
 def _live_rows(mask):
     """[batch, q_len] rows with at least one visible key."""
-    return np.broadcast_to(np.asarray(mask), (B, 1, T, T))[:, 0].any(-1)
+    return np.broadcast_to(np.asarray(mask.dense()), (B, 1, T, T))[:, 0].any(-1)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("variant", ["causal", "window", "padded", "alibi"])
 def test_reference_is_the_formula(layout, variant):
     q, k, v = _inputs(LAYOUTS[layout])
-    mask = _masks(window=4 if variant == "window" else None, padded=variant == "padded")
-    bias = alibi_bias(H, jnp.arange(T), jnp.arange(T)) if variant == "alibi" else None
-    out = kernels.reference_attention(q, k, v, mask=mask, bias=bias)
+    mask = _masks(variant)
+    out = kernels.reference_attention(q, k, v, mask)
     live = _live_rows(mask)
-    np.testing.assert_allclose(np.asarray(out)[live], _naive(q, k, v, mask, bias)[live],
+    np.testing.assert_allclose(np.asarray(out)[live], _naive(q, k, v, mask)[live],
                                atol=1e-5, rtol=1e-5)
 
 
@@ -71,16 +72,15 @@ def test_reference_is_the_formula(layout, variant):
 @pytest.mark.parametrize("variant", ["causal", "window", "padded", "alibi"])
 def test_kernel_matches_reference_forward_and_gradient(name, layout, variant):
     q, k, v = _inputs(LAYOUTS[layout], seed=1)
-    mask = _masks(window=4 if variant == "window" else None, padded=variant == "padded")
-    bias = alibi_bias(H, jnp.arange(T), jnp.arange(T)) if variant == "alibi" else None
+    mask = _masks(variant)
     kernel = kernels.get_kernel(name)
     cot = jax.random.normal(jax.random.key(9), q.shape)
 
     def loss(fn, q, k, v):
-        return jnp.sum(fn(q, k, v, mask=mask, bias=bias) * cot)
+        return jnp.sum(fn(q, k, v, mask) * cot)
 
-    ref_out = kernels.reference_attention(q, k, v, mask=mask, bias=bias)
-    out = kernel(q, k, v, mask=mask, bias=bias)
+    ref_out = kernels.reference_attention(q, k, v, mask)
+    out = kernel(q, k, v, mask)
     np.testing.assert_allclose(out, ref_out, atol=2e-5, rtol=2e-5)
     ref_grads = jax.grad(loss, argnums=(1, 2, 3))(kernels.reference_attention, q, k, v)
     grads = jax.grad(loss, argnums=(1, 2, 3))(kernel, q, k, v)
@@ -91,9 +91,9 @@ def test_kernel_matches_reference_forward_and_gradient(name, layout, variant):
 def test_attention_dropout_only_when_asked():
     q, k, v = _inputs(4)
     mask = _masks()
-    plain = kernels.reference_attention(q, k, v, mask=mask)
-    same = kernels.reference_attention(q, k, v, mask=mask, dropout_rate=0.5)  # no rng: no drop
-    dropped = kernels.reference_attention(q, k, v, mask=mask, dropout_rate=0.5,
+    plain = kernels.reference_attention(q, k, v, mask)
+    same = kernels.reference_attention(q, k, v, mask, dropout_rate=0.5)  # no rng: no drop
+    dropped = kernels.reference_attention(q, k, v, mask, dropout_rate=0.5,
                                           dropout_rng=jax.random.key(0))
     np.testing.assert_array_equal(plain, same)
     assert not np.allclose(plain, dropped)
@@ -104,7 +104,7 @@ def test_cudnn_off_gpu_names_the_fix():
         pytest.skip("a GPU is present")
     q, k, v = _inputs(4)
     with pytest.raises(ValueError, match="needs a GPU.*attention='xla'"):
-        kernels.get_kernel("cudnn")(q, k, v, mask=_masks())
+        kernels.get_kernel("cudnn")(q, k, v, _masks())
 
 
 def test_unknown_kernel():

@@ -52,7 +52,9 @@ def test_alibi_slopes_are_the_papers():
 
 
 def test_alibi_bias_is_minus_slope_times_distance():
-    bias = positions.alibi_bias(4, jnp.arange(5), jnp.arange(5))
+    from gptjax.model.masks import causal
+
+    bias = causal(5, alibi_slopes=jnp.asarray(positions.alibi_slopes(4))).bias()
     slopes = positions.alibi_slopes(4)
     assert bias.shape == (1, 4, 5, 5)
     np.testing.assert_allclose(bias[0, 2, 4, 1], -slopes[2] * 3)

@@ -41,7 +41,7 @@ class CausalSelfAttention(nnx.Module):
                          rngs=rngs)
         self.resid_dropout = nnx.Dropout(cfg.dropout)
 
-    def __call__(self, x, *, positions_, mask, bias=None, cache=None, cache_index=None,
+    def __call__(self, x, *, positions_, mask, cache=None, cache_index=None,
                  deterministic: bool = True, rngs: nnx.Rngs | None = None):
         """x: [batch, seq, d_model] -> ([batch, seq, d_model], updated cache or None).
 
@@ -68,23 +68,8 @@ class CausalSelfAttention(nnx.Module):
         dropout_rng = rngs.dropout() if training and rngs is not None else None
         # 2-4. scaled dot-product attention in every head at once
         y = kernels.get_kernel(cfg.attention)(
-            q, k, v, mask=mask, bias=bias, dropout_rate=cfg.dropout if training else 0.0,
-            dropout_rng=dropout_rng)
+            q, k, v, mask, dropout_rate=cfg.dropout if training else 0.0, dropout_rng=dropout_rng)
         # concatenate the heads and project back to d_model
         y = self.out(y.reshape(b, t, cfg.num_heads * cfg.head_dim))
         return self.resid_dropout(y, deterministic=deterministic, rngs=rngs), cache
 
-
-def attention_mask(q_slots, kv_slots, kv_valid=None, window: int | None = None):
-    """Boolean [batch|1, 1, q_len, kv_len]: causal, optionally windowed, hiding invalid keys.
-
-    q_slots: [q_len] and kv_slots: [kv_len] are positions in the (cached) sequence;
-    kv_valid: [batch, kv_len], False for padding and for cache slots not yet written.
-    """
-    mask = kv_slots[None, :] <= q_slots[:, None]
-    if window is not None:
-        mask &= q_slots[:, None] - kv_slots[None, :] < window
-    mask = mask[None, None]
-    if kv_valid is not None:
-        mask = mask & kv_valid.astype(bool)[:, None, None, :]
-    return mask

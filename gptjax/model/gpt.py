@@ -14,7 +14,8 @@ from flax import nnx
 
 from gptjax.config import ModelConfig
 from gptjax.model import positions
-from gptjax.model.attention import CausalSelfAttention, attention_mask, dense
+from gptjax.model.attention import CausalSelfAttention, dense
+from gptjax.model.masks import Mask
 
 
 def layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -47,9 +48,9 @@ class Block(nnx.Module):
         self.ln_2 = layer_norm(cfg, rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, *, positions_, mask, bias=None, cache=None, cache_index=None,
+    def __call__(self, x, *, positions_, mask, cache=None, cache_index=None,
                  deterministic=True, rngs=None):
-        a, cache = self.attn(self.ln_1(x), positions_=positions_, mask=mask, bias=bias,
+        a, cache = self.attn(self.ln_1(x), positions_=positions_, mask=mask,
                              cache=cache, cache_index=cache_index, deterministic=deterministic,
                              rngs=rngs)
         x = x + a
@@ -111,18 +112,18 @@ class GPT(nnx.Module):
 
         q_slots = jnp.arange(t) + cache_index
         kv_slots = jnp.arange(t if cache is None else cache[0]["k"].shape[1])
-        mask = attention_mask(q_slots, kv_slots, kv_valid, cfg.window)
-        bias = positions.alibi_bias(cfg.num_heads, q_slots, kv_slots) \
+        slopes = jnp.asarray(positions.alibi_slopes(cfg.num_heads)) \
             if cfg.position == "alibi" else None
+        mask = Mask(q_slots, kv_slots, kv_valid, slopes, cfg.window)
 
         new_cache = []
         for i, block in enumerate(self.blocks):
             layer_cache = None if cache is None else cache[i]
             if cfg.remat and cache is None:
                 x, _ = nnx.remat(_run_block, static_argnums=(4,))(
-                    block, x, positions_, (mask, bias), deterministic, rngs)
+                    block, x, positions_, mask, deterministic, rngs)
             else:
-                x, layer_cache = block(x, positions_=positions_, mask=mask, bias=bias,
+                x, layer_cache = block(x, positions_=positions_, mask=mask,
                                        cache=layer_cache, cache_index=cache_index,
                                        deterministic=deterministic, rngs=rngs)
             new_cache.append(layer_cache)
@@ -169,10 +170,8 @@ class GPT(nnx.Module):
         return generation.generate(self, input_ids, **kwargs)
 
 
-def _run_block(block, x, positions_, mask_bias, deterministic, rngs):
-    mask, bias = mask_bias
-    return block(x, positions_=positions_, mask=mask, bias=bias, deterministic=deterministic,
-                 rngs=rngs)
+def _run_block(block, x, positions_, mask, deterministic, rngs):
+    return block(x, positions_=positions_, mask=mask, deterministic=deterministic, rngs=rngs)
 
 
 def split(model: GPT):

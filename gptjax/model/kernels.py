@@ -2,10 +2,9 @@
 
 Every kernel has one signature so the model, the benchmarks and the tests can swap them by name:
 
-    kernel(q, k, v, *, mask=None, bias=None, dropout_rate=0.0, dropout_rng=None) -> out
+    kernel(q, k, v, mask, *, dropout_rate=0.0, dropout_rng=None) -> out
     q: [batch, q_len, heads, head_dim]     k, v: [batch, kv_len, kv_heads, head_dim]
-    mask: bool, broadcastable to [batch, heads, q_len, kv_len], True = may attend
-    bias: float, broadcastable to [batch, heads, q_len, kv_len], added to the scores (ALiBi)
+    mask: a gptjax.model.masks.Mask (causal, window, padding, ALiBi), or None for full attention
     dropout_rate, dropout_rng: dropout on the attention weights (training only)
     out: [batch, q_len, heads, head_dim]
 
@@ -20,9 +19,11 @@ from typing import Callable, Protocol
 import jax
 import jax.numpy as jnp
 
+from gptjax.model.masks import Mask
+
 
 class Kernel(Protocol):
-    def __call__(self, q, k, v, *, mask=None, bias=None, dropout_rate=0.0,
+    def __call__(self, q, k, v, mask: Mask | None = None, *, dropout_rate=0.0,
                  dropout_rng=None) -> jax.Array: ...
 
 
@@ -46,7 +47,7 @@ def get_kernel(name: str) -> Kernel:
 
 
 @register("reference")
-def reference_attention(q, k, v, *, mask=None, bias=None, dropout_rate=0.0, dropout_rng=None):
+def reference_attention(q, k, v, mask=None, *, dropout_rate=0.0, dropout_rng=None):
     """The oracle, written step by step as the background article describes (sections 3.1, 4.2).
 
     Per head: scores = Q K^T / sqrt(d_k); softmax over keys; context = weights V.
@@ -59,10 +60,10 @@ def reference_attention(q, k, v, *, mask=None, bias=None, dropout_rate=0.0, drop
     # 2. attention scores: every query against every key, in parallel for each head.
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
     scores = scores / jnp.sqrt(jnp.float32(d_k))
-    if bias is not None:
-        scores = scores + bias.astype(jnp.float32)
     if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        if mask.alibi_slopes is not None:
+            scores = scores + mask.bias()
+        scores = jnp.where(mask.dense(), scores, jnp.finfo(jnp.float32).min)
     # 3. normalise: softmax over the keys gives each query's attention weights.
     weights = jax.nn.softmax(scores, axis=-1)
     if dropout_rate > 0.0 and dropout_rng is not None:
@@ -73,13 +74,16 @@ def reference_attention(q, k, v, *, mask=None, bias=None, dropout_rate=0.0, drop
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
-def _dot_product_attention(q, k, v, *, mask=None, bias=None, dropout_rate=0.0, dropout_rng=None,
+def _dot_product_attention(q, k, v, mask=None, *, dropout_rate=0.0, dropout_rng=None,
                            implementation=None):
     if dropout_rate > 0.0 and dropout_rng is not None:
         # jax.nn.dot_product_attention has no attention-weight dropout: train through the oracle.
-        return reference_attention(q, k, v, mask=mask, bias=bias, dropout_rate=dropout_rate,
+        return reference_attention(q, k, v, mask, dropout_rate=dropout_rate,
                                    dropout_rng=dropout_rng)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask,
+    dense = bias = None
+    if mask is not None:
+        dense, bias = mask.dense(), mask.bias()
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=dense,
                                         implementation=implementation)
 
 
@@ -87,11 +91,11 @@ register("xla")(functools.partial(_dot_product_attention, implementation="xla"))
 
 
 @register("cudnn")
-def cudnn_attention(q, k, v, *, mask=None, bias=None, dropout_rate=0.0, dropout_rng=None):
+def cudnn_attention(q, k, v, mask=None, *, dropout_rate=0.0, dropout_rng=None):
     """jax.nn.dot_product_attention's cuDNN fused kernel (GPU only, fp16/bf16)."""
     if jax.default_backend() != "gpu":
         raise ValueError(
             f"model.attention='cudnn' needs a GPU, but JAX's backend is "
             f"{jax.default_backend()!r}; use model.attention='xla' here")
-    return _dot_product_attention(q, k, v, mask=mask, bias=bias, dropout_rate=dropout_rate,
+    return _dot_product_attention(q, k, v, mask, dropout_rate=dropout_rate,
                                   dropout_rng=dropout_rng, implementation="cudnn")

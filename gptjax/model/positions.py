@@ -58,9 +58,3 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
     extra = power_of_two(2 * closest)[0::2][: num_heads - closest]
     return np.asarray(power_of_two(closest) + extra, np.float32)
 
-
-def alibi_bias(num_heads: int, q_slots, kv_slots):
-    """Score bias -m_h * (i - j) for query slot i and key slot j: [1, heads, q_len, kv_len]."""
-    slopes = jnp.asarray(alibi_slopes(num_heads))
-    distance = (q_slots[:, None] - kv_slots[None, :]).astype(jnp.float32)
-    return (-slopes[:, None, None] * distance)[None]
