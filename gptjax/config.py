@@ -78,6 +78,9 @@ class ModelConfig:
 
         if self.attention not in KERNELS:
             _fail("model.attention", self.attention, f"choose one of {sorted(KERNELS)}")
+        if self.attention == "blockwise" and self.dropout > 0:
+            _fail("model.dropout", self.dropout, "model.attention='blockwise' has no "
+                  "attention-weight dropout; set model.dropout=0 or choose another kernel")
         if self.position not in POSITIONS:
             _fail("model.position", self.position, f"choose one of {list(POSITIONS)}")
         if self.position == "rope" and self.head_dim % 2:

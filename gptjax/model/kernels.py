@@ -99,3 +99,7 @@ def cudnn_attention(q, k, v, mask=None, *, dropout_rate=0.0, dropout_rng=None):
             f"{jax.default_backend()!r}; use model.attention='xla' here")
     return _dot_product_attention(q, k, v, mask, dropout_rate=dropout_rate,
                                   dropout_rng=dropout_rng, implementation="cudnn")
+
+
+# Kernels in their own files register themselves on import.
+from gptjax.model import blockwise  # noqa: E402,F401

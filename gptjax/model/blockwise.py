@@ -1,0 +1,189 @@
+"""Blockwise attention: online softmax over key/value blocks (FlashAttention's algorithm, pure JAX).
+
+Memory is O(seq_len) in the forward and the backward pass: scores exist one
+[block_q, block_k] tile at a time, and the backward recomputes them from the saved
+log-sum-exp instead of storing the attention matrix (a custom VJP, as in Dao et al. 2022).
+Tiles that the mask hides entirely (above the causal diagonal, outside the window) are skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from gptjax.model.kernels import register
+from gptjax.model.masks import Mask
+
+NEG = jnp.finfo(jnp.float32).min
+FAR = 2.0 ** 30  # slot of a padding key: later than every query, so causality hides it
+
+
+@register("blockwise")
+def blockwise_attention(q, k, v, mask: Mask | None = None, *, dropout_rate=0.0,
+                        dropout_rng=None, block_q: int = 512, block_k: int = 512):
+    """Same contract as the other kernels (see kernels.py); no attention-weight dropout."""
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        raise ValueError("model.attention='blockwise' has no attention-weight dropout; set "
+                         "model.dropout=0 or use model.attention='xla'")
+    b, t, h, d = q.shape
+    s, kv_heads = k.shape[1], k.shape[2]
+    if mask is None:  # full (non-causal) attention: every query sees every key
+        mask = Mask(jnp.full((t,), s, jnp.int32), jnp.arange(s))
+    bq, bk = min(block_q, t), min(block_k, s)
+    tp, sp = -(-t // bq) * bq, -(-s // bk) * bk
+    # Slots, validity and slopes travel as float arrays so the custom VJP can treat them as
+    # (non-differentiated) inputs.
+    q_slots = jnp.pad(mask.q_slots.astype(jnp.float32), (0, tp - t))
+    kv_slots = jnp.pad(mask.kv_slots.astype(jnp.float32), (0, sp - s), constant_values=FAR)
+    valid = jnp.ones((1, s), jnp.float32) if mask.kv_valid is None \
+        else mask.kv_valid.astype(jnp.float32)
+    valid = jnp.pad(valid, ((0, 0), (0, sp - s)))
+    has_alibi = mask.alibi_slopes is not None
+    slopes = mask.alibi_slopes.astype(jnp.float32) if has_alibi else jnp.zeros((h,), jnp.float32)
+    # [batch, blocks, block, kv_heads, group, head_dim]: each K/V head serves `group` queries.
+    qb = jnp.pad(q, ((0, 0), (0, tp - t), (0, 0), (0, 0)))
+    qb = qb.reshape(b, tp // bq, bq, kv_heads, h // kv_heads, d)
+    kb = jnp.pad(k, ((0, 0), (0, sp - s), (0, 0), (0, 0))).reshape(b, sp // bk, bk, kv_heads, d)
+    vb = jnp.pad(v, ((0, 0), (0, sp - s), (0, 0), (0, 0))).reshape(b, sp // bk, bk, kv_heads, d)
+    out = _flash(qb, kb, vb, q_slots, kv_slots, valid, slopes.reshape(kv_heads, -1),
+                 mask.window, has_alibi)
+    return out.reshape(b, tp, h, d)[:, :t].astype(q.dtype)
+
+
+def _tile(qi, kj, qs, ks, valid_j, slopes, window, has_alibi):
+    """Scores [b, kv_heads, group, bq, bk] (float32) and the boolean mask of one tile."""
+    scale = 1.0 / jnp.sqrt(jnp.float32(qi.shape[-1]))
+    scores = jnp.einsum("bqhgd,bkhd->bhgqk", qi, kj, preferred_element_type=jnp.float32) * scale
+    distance = qs[:, None] - ks[None, :]
+    if has_alibi:
+        scores = scores - slopes[None, :, :, None, None] * distance
+    allowed = distance >= 0
+    if window is not None:
+        allowed &= distance < window
+    allowed = allowed[None] & (valid_j[:, None, :] > 0)  # [b|1, bq, bk]
+    return scores, allowed[:, None, None]
+
+
+def _any(allowed):
+    return jnp.any(allowed)
+
+
+def _forward(qb, kb, vb, q_slots, kv_slots, valid, slopes, window, has_alibi):
+    b, nq, bq, hk, g, d = qb.shape
+    nk, bk = kb.shape[1], kb.shape[2]
+
+    def one_q_block(args):
+        qi, qs = args  # [b, bq, hk, g, d], [bq]
+
+        def step(carry, kv):
+            o, m, l = carry
+            kj, vj, ks, valid_j = kv
+
+            def update(carry):
+                o, m, l = carry
+                scores, allowed = _tile(qi, kj, qs, ks, valid_j, slopes, window, has_alibi)
+                m_new = jnp.maximum(m, jnp.max(jnp.where(allowed, scores, NEG), axis=-1))
+                p = jnp.where(allowed, jnp.exp(scores - m_new[..., None]), 0.0)
+                correction = jnp.exp(m - m_new)
+                l = l * correction + p.sum(-1)
+                o = o * correction[..., None] + jnp.einsum(
+                    "bhgqk,bkhd->bhgqd", p, vj, preferred_element_type=jnp.float32)
+                return o, m_new, l
+
+            visible = _any(_tile_mask(qs, ks, valid_j, window))
+            return jax.lax.cond(visible, update, lambda c: c, (o, m, l)), None
+
+        init = (jnp.zeros((b, hk, g, bq, d), jnp.float32), jnp.full((b, hk, g, bq), NEG),
+                jnp.zeros((b, hk, g, bq), jnp.float32))
+        (o, m, l), _ = jax.lax.scan(step, init, (jnp.moveaxis(kb, 1, 0), jnp.moveaxis(vb, 1, 0),
+                                                 kv_slots.reshape(nk, bk),
+                                                 jnp.moveaxis(valid.reshape(-1, nk, bk), 1, 0)))
+        live = l > 0  # a padding query that sees no key gets zeros, not NaN
+        o = jnp.where(live[..., None], o / jnp.where(live, l, 1.0)[..., None], 0.0)
+        lse = jnp.where(live, m + jnp.log(jnp.where(live, l, 1.0)), NEG)
+        return jnp.einsum("bhgqd->bqhgd", o), lse
+
+    out, lse = jax.lax.map(one_q_block, (jnp.moveaxis(qb, 1, 0), q_slots.reshape(nq, bq)))
+    return jnp.moveaxis(out, 0, 1), lse  # out [b, nq, bq, hk, g, d]; lse [nq, b, hk, g, bq]
+
+
+def _tile_mask(qs, ks, valid_j, window):
+    distance = qs[:, None] - ks[None, :]
+    allowed = distance >= 0
+    if window is not None:
+        allowed &= distance < window
+    return allowed[None] & (valid_j[:, None, :] > 0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _flash(qb, kb, vb, q_slots, kv_slots, valid, slopes, window, has_alibi):
+    return _forward(qb, kb, vb, q_slots, kv_slots, valid, slopes, window, has_alibi)[0]
+
+
+def _flash_fwd(qb, kb, vb, q_slots, kv_slots, valid, slopes, window, has_alibi):
+    out, lse = _forward(qb, kb, vb, q_slots, kv_slots, valid, slopes, window, has_alibi)
+    return out, (qb, kb, vb, q_slots, kv_slots, valid, slopes, out, lse)
+
+
+def _flash_bwd(window, has_alibi, residuals, dout):
+    qb, kb, vb, q_slots, kv_slots, valid, slopes, out, lse = residuals
+    b, nq, bq, hk, g, d = qb.shape
+    nk, bk = kb.shape[1], kb.shape[2]
+    scale = 1.0 / jnp.sqrt(jnp.float32(d))
+    dout = dout.astype(jnp.float32)
+    # D_i = rowsum(dO_i * O_i): [nq, b, hk, g, bq]
+    delta = jnp.moveaxis(jnp.einsum("bnqhgd,bnqhgd->nbhgq", dout, out), 0, 0)
+    qs_all, ks_all = q_slots.reshape(nq, bq), kv_slots.reshape(nk, bk)
+    valid_all = jnp.moveaxis(valid.reshape(-1, nk, bk), 1, 0)
+
+    def probs(i_q, i_k):
+        """Recompute one tile's softmax weights from the saved log-sum-exp."""
+        qi, kj = qb[:, i_q], kb[:, i_k]
+        scores, allowed = _tile(qi, kj, qs_all[i_q], ks_all[i_k], valid_all[i_k], slopes,
+                                window, has_alibi)
+        return jnp.where(allowed, jnp.exp(scores - lse[i_q][..., None]), 0.0)
+
+    def dscores(i_q, i_k, p):
+        dp = jnp.einsum("bqhgd,bkhd->bhgqk", dout[:, i_q], vb[:, i_k],
+                        preferred_element_type=jnp.float32)
+        return p * (dp - delta[i_q][..., None])
+
+    def visible(i_q, i_k):
+        return _any(_tile_mask(qs_all[i_q], ks_all[i_k], valid_all[i_k], window))
+
+    def dq_block(i_q):
+        def step(dq, i_k):
+            def add(dq):
+                ds = dscores(i_q, i_k, probs(i_q, i_k))
+                return dq + jnp.einsum("bhgqk,bkhd->bqhgd", ds, kb[:, i_k]) * scale
+            return jax.lax.cond(visible(i_q, i_k), add, lambda x: x, dq), None
+
+        dq, _ = jax.lax.scan(step, jnp.zeros((b, bq, hk, g, d), jnp.float32), jnp.arange(nk))
+        return dq
+
+    def dkv_block(i_k):
+        def step(carry, i_q):
+            def add(carry):
+                dk, dv = carry
+                p = probs(i_q, i_k)
+                dv = dv + jnp.einsum("bhgqk,bqhgd->bkhd", p, dout[:, i_q])
+                ds = dscores(i_q, i_k, p)
+                dk = dk + jnp.einsum("bhgqk,bqhgd->bkhd", ds, qb[:, i_q]) * scale
+                return dk, dv
+            return jax.lax.cond(visible(i_q, i_k), add, lambda x: x, carry), None
+
+        zeros = jnp.zeros((b, bk, hk, d), jnp.float32)
+        (dk, dv), _ = jax.lax.scan(step, (zeros, zeros), jnp.arange(nq))
+        return dk, dv
+
+    dq = jnp.moveaxis(jax.lax.map(dq_block, jnp.arange(nq)), 0, 1)
+    dk, dv = jax.lax.map(dkv_block, jnp.arange(nk))
+    dk, dv = jnp.moveaxis(dk, 0, 1), jnp.moveaxis(dv, 0, 1)
+    return (dq.astype(qb.dtype), dk.astype(kb.dtype), dv.astype(vb.dtype),
+            jnp.zeros_like(q_slots), jnp.zeros_like(kv_slots), jnp.zeros_like(valid),
+            jnp.zeros_like(slopes))
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
