@@ -14,6 +14,7 @@ from flax import nnx
 
 from gptjax.config import ModelConfig
 from gptjax.model import kernels, positions
+from gptjax.parallel.rules import with_logical_constraint as constrain  # no-op off a mesh
 
 normal = nnx.initializers.normal
 
@@ -55,6 +56,9 @@ class CausalSelfAttention(nnx.Module):
         q = self.query(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
         k = self.key(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
         v = self.value(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        q = constrain(q, ("batch", "seq", "heads", "head_dim"))
+        k = constrain(k, ("batch", "seq", "kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "seq", "kv_heads", "head_dim"))
         if cfg.position == "rope":
             q = positions.rope(q, positions_, cfg.rope_theta)
             k = positions.rope(k, positions_, cfg.rope_theta)
@@ -69,6 +73,7 @@ class CausalSelfAttention(nnx.Module):
         # 2-4. scaled dot-product attention in every head at once
         y = kernels.get_kernel(cfg.attention)(
             q, k, v, mask, dropout_rate=cfg.dropout if training else 0.0, dropout_rng=dropout_rng)
+        y = constrain(y, ("batch", "seq", "heads", "head_dim"))
         # concatenate the heads and project back to d_model
         y = self.out(y.reshape(b, t, cfg.num_heads * cfg.head_dim))
         return self.resid_dropout(y, deterministic=deterministic, rngs=rngs), cache

@@ -16,6 +16,7 @@ from gptjax.config import ModelConfig
 from gptjax.model import positions
 from gptjax.model.attention import CausalSelfAttention, dense
 from gptjax.model.masks import Mask
+from gptjax.parallel.rules import with_logical_constraint as constrain  # no-op off a mesh
 
 
 def layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -35,7 +36,7 @@ class MLP(nnx.Module):
         self.dropout = nnx.Dropout(cfg.dropout)
 
     def __call__(self, x, *, deterministic=True, rngs=None):
-        h = jax.nn.gelu(self.fc(x), approximate=True)
+        h = constrain(jax.nn.gelu(self.fc(x), approximate=True), ("batch", "seq", "mlp"))
         return self.dropout(self.proj(h), deterministic=deterministic, rngs=rngs)
 
 
@@ -55,7 +56,7 @@ class Block(nnx.Module):
                              rngs=rngs)
         x = x + a
         x = x + self.mlp(self.ln_2(x), deterministic=deterministic, rngs=rngs)
-        return x, cache
+        return constrain(x, ("batch", "seq", "embed")), cache
 
 
 class GPT(nnx.Module):
@@ -108,7 +109,8 @@ class GPT(nnx.Module):
             x = x + self.wpe(positions_)
         elif cfg.position == "sinusoidal":
             x = x + positions.sinusoidal(positions_, cfg.d_model, x.dtype)
-        x = self.embed_dropout(x, deterministic=deterministic, rngs=rngs)
+        x = constrain(self.embed_dropout(x, deterministic=deterministic, rngs=rngs),
+                      ("batch", "seq", "embed"))
 
         q_slots = jnp.arange(t) + cache_index
         kv_slots = jnp.arange(t if cache is None else cache[0]["k"].shape[1])
@@ -132,6 +134,7 @@ class GPT(nnx.Module):
             logits = self.wte.attend(x)
         else:
             logits = self.lm_head(x)
+        logits = constrain(logits, ("batch", "seq", "vocab"))
         return logits.astype(jnp.float32), (new_cache if cache is not None else None)
 
     def init_cache(self, batch_size: int, cache_len: int, dtype=None) -> list[dict[str, Any]]:

@@ -1,0 +1,162 @@
+"""One object that lays a run out over devices: `plan = make_plan(config)`.
+
+The loop asks the plan, never the strategy, so `mesh.strategy` and the mesh's shape are a config
+change only:
+
+    plan = make_plan(config)                      # mesh + checks, before anything compiles
+    tx = plan.optimizer(tx)                       # pmap: gradients averaged over devices
+    state = plan.init(init_state, model_cfg, tx, seed)   # born sharded / replicated
+    train_step = plan.compile_train(train_step_fn(config, graphdef, tx, schedule), state)
+    state, metrics = train_step(state, plan.put_batch(host_batch))
+
+- strategy='jit': jax.jit with NamedSharding in/out shardings over the ('data','fsdp','tensor')
+  mesh; parameters and optimizer state are sharded as the rules table says, activations are
+  constrained inside the model (gptjax.parallel.rules.with_logical_constraint).
+- strategy='pmap': jax.pmap over every device with the state replicated and the batch split;
+  the same pure step body runs per device and gradients are `lax.pmean`'d.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gptjax.parallel import sharding as sh
+from gptjax.parallel.mesh import describe, make_mesh
+from gptjax.parallel.pmap import AXIS as PMAP_AXIS, pmean_gradients, pmap_step, split_batch
+from gptjax.parallel.rules import DEFAULT_RULES, Rules, activate
+
+
+@dataclasses.dataclass
+class Plan:
+    """How state and batches are laid out for one run (see the module docstring)."""
+
+    strategy: str  # 'jit' | 'pmap'
+    mesh: Mesh  # pmap: data=N, fsdp=1, tensor=1 over the same devices
+    rules: Rules = DEFAULT_RULES
+    logical: dict = dataclasses.field(default_factory=dict)  # {param path: logical names}
+
+    def __str__(self) -> str:
+        return f"{self.strategy}: {describe(self.mesh)}"
+
+    # --- state -------------------------------------------------------------------------------
+    def optimizer(self, tx):
+        """The optimizer the step should use: pmap averages gradients inside tx.update."""
+        return pmean_gradients(tx, PMAP_AXIS) if self.strategy == "pmap" else tx
+
+    def shardings(self, tree):
+        """NamedShardings for a pytree of (abstract) arrays: the state, params, a restore target."""
+        if self.strategy == "pmap":
+            return jax.tree.map(lambda _: sh.replicated(self.mesh), tree)
+        return sh.tree_shardings(tree, self.mesh, self.rules, self.logical)
+
+    def init(self, init_fn: Callable[..., Any], *args):
+        """init_fn(*args) run under jit with out_shardings: each array is born on its devices.
+
+        The args are closed over (static: configs, optimizers, seeds), not traced.
+        """
+        init_fn = functools.partial(init_fn, *args)
+        abstract = jax.eval_shape(init_fn)
+        self.logical.update(sh.logical_axes(abstract))
+        shardings = self.shardings(abstract)
+        sh.check_divisible(abstract, shardings)
+        return jax.jit(init_fn, out_shardings=shardings)()
+
+    def abstract(self, tree):
+        """Abstract arrays with this plan's shardings, e.g. orbax's target to restore (reshard)
+        a checkpoint saved under any other mesh into this one."""
+        tree = jax.eval_shape(lambda t: t, tree)
+        return sh.abstract_like(tree, self.shardings(tree))
+
+    # --- steps -------------------------------------------------------------------------------
+    def compile_train(self, step_fn, state, *, donate: bool = True):
+        """step_fn(state, batch) -> (state, metrics), compiled for this layout."""
+        if self.strategy == "pmap":
+            return pmap_step(step_fn, donate=donate, devices=self._pmap_devices())
+        state_sh = self.shardings(jax.eval_shape(lambda s: s, state))
+        fn = jax.jit(step_fn, in_shardings=(state_sh, self.batch_sharding()),
+                     out_shardings=(state_sh, sh.replicated(self.mesh)),
+                     donate_argnums=(0,) if donate else ())
+        return self._in_mesh(fn)
+
+    def compile_eval(self, eval_fn, params):
+        """eval_fn(params, batch) -> metrics, compiled for this layout."""
+        if self.strategy == "pmap":
+            return pmap_step(eval_fn, returns_state=False, devices=self._pmap_devices())
+        params_sh = self.shardings(jax.eval_shape(lambda p: p, params))
+        fn = jax.jit(eval_fn, in_shardings=(params_sh, self.batch_sharding()),
+                     out_shardings=sh.replicated(self.mesh))
+        return self._in_mesh(fn)
+
+    def jit(self, fn, **kwargs):
+        """jax.jit(fn, **kwargs) traced with this plan's mesh and rules in force (so activation
+        constraints apply): for generation, scoring or anything else sharded."""
+        return self._in_mesh(jax.jit(fn, **kwargs))
+
+    def _pmap_devices(self):
+        devices = list(self.mesh.devices.flat)
+        return None if len(devices) == jax.device_count() else devices
+
+    def _in_mesh(self, fn):
+        def run(*args, **kwargs):
+            with activate(self.mesh, self.rules):
+                return fn(*args, **kwargs)
+
+        run.lower = lambda *a, **k: _lower_in(self, fn, *a, **k)
+        return run
+
+    # --- data --------------------------------------------------------------------------------
+    def batch_sharding(self) -> NamedSharding:
+        return sh.batch_sharding(self.mesh, self.rules)
+
+    def put_batch(self, batch):
+        """This process's rows of the global batch (numpy, [local_batch, ...]) -> device arrays.
+
+        jit: global jax.Arrays split over the batch axes (multi-host: every process passes its
+        own rows, in process order). pmap: [local_devices, local_batch / local_devices, ...].
+        """
+        if self.strategy == "pmap":
+            local = sum(d.process_index == jax.process_index() for d in self.mesh.devices.flat)
+            return split_batch(batch, local)
+        sharding = self.batch_sharding()
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+    def check_batch(self, global_batch_size: int, what: str = "data.batch_size") -> None:
+        if self.strategy == "pmap":
+            from gptjax.parallel.pmap import check_batch
+
+            check_batch(global_batch_size, self.mesh.devices.size, what)
+        else:
+            sh.check_batch(global_batch_size, self.mesh, self.rules, what)
+
+
+def _lower_in(plan, fn, *args, **kwargs):
+    with activate(plan.mesh, plan.rules):
+        return fn.lower(*args, **kwargs)
+
+
+def make_plan(config, devices=None, rules: Rules = DEFAULT_RULES) -> Plan:
+    """The plan config.mesh asks for, with every check that can fail done now, before compiling:
+    mesh vs device count, model dims vs tensor/fsdp axes, batch vs data axes."""
+    mesh_cfg = config.mesh
+    if mesh_cfg.strategy == "pmap":
+        if (mesh_cfg.fsdp, mesh_cfg.tensor) != (1, 1):
+            from gptjax.config import ConfigError
+
+            raise ConfigError(
+                f"mesh.strategy='pmap' is data parallel only, but mesh.fsdp={mesh_cfg.fsdp} and "
+                f"mesh.tensor={mesh_cfg.tensor}; use mesh.strategy='jit' for FSDP/tensor "
+                "parallelism, or set both to 1")
+        mesh_cfg = dataclasses.replace(mesh_cfg, data=-1)
+    mesh = make_mesh(mesh_cfg, devices)
+    plan = Plan(config.mesh.strategy, mesh, rules)
+    if plan.strategy == "jit":
+        sh.check_model(config.model, mesh, rules)
+    plan.check_batch(config.data.batch_size)
+    return plan
