@@ -1,0 +1,1 @@
+"""Benchmark harnesses: measurement code the experiments/bench_*.py entry points call."""
