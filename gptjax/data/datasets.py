@@ -1,0 +1,181 @@
+"""Datasets by name (`data.dataset`): gptjax's registry first, then the TFDS catalog.
+
+    corpus = load_corpus(config.data)              # prepared as array_record, read with grain
+    for document, text in corpus.documents(corpus.train_split): ...
+
+Adding a dataset is one function `(DataConfig, data_dir) -> Corpus` and one line in DATASETS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+
+import grain
+import tensorflow_datasets as tfds
+
+from gptjax.config import ConfigError, DataConfig
+from gptjax.data.text_builder import GptjaxText, documents_source, file_source
+
+OFFLINE_WAY = "--config.data.dataset=text_file --config.data.text_file=PATH"
+PROBE_HOST = ("storage.googleapis.com", 443)  # TFDS's download mirror (gs://tfds-data)
+PROBE_SECONDS = 3.0
+
+
+class DatasetUnavailableError(RuntimeError):
+    """A TFDS catalog dataset that is not prepared here and cannot be downloaded now."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    """A prepared TFDS dataset and which of its splits and features hold the text."""
+
+    name: str
+    builder: tfds.core.DatasetBuilder
+    train_split: str = "train"
+    val_split: str = "validation"
+    text_key: str = "text"
+    document_key: str | None = "document"  # None: every example is a document of its own
+
+    def documents(self, split: str) -> Iterator[tuple[int, str]]:
+        """(document id, text) of every example of `split`, in order."""
+        source = grain.MapDataset.source(self.builder.as_data_source(split))
+        examples = source.to_iter_dataset(grain.ReadOptions(num_threads=4,
+                                                            prefetch_buffer_size=256))
+        for index, example in enumerate(examples):
+            text = example[self.text_key]
+            text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+            doc = int(example[self.document_key]) if self.document_key else index
+            yield doc, text
+
+
+def data_dir(data: DataConfig) -> str | None:
+    """Where datasets are prepared; None lets TFDS pick ($TFDS_DATA_DIR, ~/tensorflow_datasets)."""
+    return data.data_dir or os.environ.get("GPTJAX_DATA_DIR") or None
+
+
+def _paths(value: str | Sequence[str]) -> list[str]:
+    """One path, a list of paths, or 'a.txt,b.txt' from the command line."""
+    if isinstance(value, str):
+        if "," in value and not os.path.exists(value):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return [value]
+    return [str(p) for p in value]
+
+
+def text_file(data: DataConfig, root: str | None) -> Corpus:
+    """Local UTF-8 text file(s); validation is data.val_text_file or the end of the text."""
+    if not data.text_file:
+        raise ConfigError(
+            "data.dataset='text_file' needs data.text_file: pass "
+            "--config.data.text_file=PATH (several files: PATH1,PATH2)")
+    train = file_source(_paths(data.text_file), "data.text_file")
+    val = (file_source(_paths(data.val_text_file), "data.val_text_file")
+           if data.val_text_file else None)
+    builder = GptjaxText(train=train, val=val, val_fraction=data.val_fraction, data_dir=root)
+    return Corpus(f"text_file:{train.label}", builder.prepare())
+
+
+def embedded(data: DataConfig, root: str | None) -> Corpus:
+    """The documentation CPython ships in pydoc_data.topics: ~465k characters, no download."""
+    try:
+        from pydoc_data import topics
+    except ImportError as e:  # some distributions strip it from their Python
+        raise ConfigError(
+            "data.dataset='embedded' reads the documentation that CPython ships in "
+            f"pydoc_data.topics, which this Python lacks ({e}); use {OFFLINE_WAY}") from None
+    docs = [text for _, text in sorted(topics.topics.items())]
+    builder = GptjaxText(train=documents_source("pydoc_topics", docs), val=None,
+                         val_fraction=data.val_fraction, data_dir=root)
+    return Corpus("embedded", builder.prepare())
+
+
+DATASETS: dict[str, Callable[[DataConfig, str | None], Corpus]] = {
+    "text_file": text_file,
+    "embedded": embedded,
+}
+
+
+def network_available(host: tuple[str, int] = PROBE_HOST,
+                      timeout: float = PROBE_SECONDS) -> bool:
+    """Whether `host` accepts a TCP connection within `timeout` s (DNS included: a thread)."""
+    result: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection(host, timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def catalog(name: str, data: DataConfig, root: str | None) -> Corpus:
+    """A TFDS catalog dataset, prepared as array_record; downloaded once when online."""
+    try:
+        builder = tfds.builder(name, data_dir=root, file_format="array_record")
+    except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
+        raise unknown_dataset(name, f" ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not builder.is_prepared():
+        fix = (f"Offline, train on a local text file instead: {OFFLINE_WAY} (or on the embedded "
+               "corpus: --config.data.dataset=embedded); or prepare it where there is network "
+               f"(`tfds build {name} --file_format=array_record`) and copy it into data.data_dir")
+        if not network_available():
+            raise DatasetUnavailableError(
+                f"TFDS catalog dataset {name!r} is not prepared in {builder.data_dir} and cannot "
+                f"be downloaded: {PROBE_HOST[0]} is unreachable (no network). {fix}")
+        try:
+            builder.download_and_prepare(file_format="array_record")
+        except Exception as e:  # any download/prepare failure gets the same way out
+            if isinstance(e, ModuleNotFoundError):  # TFDS imports more than it installs
+                fix = f"`pip install {e.name}` and try again. {fix}"
+            raise DatasetUnavailableError(
+                f"TFDS catalog dataset {name!r} could not be downloaded and prepared in "
+                f"{builder.data_dir}: {type(e).__name__}: {e}. {fix}") from e
+    splits = builder.info.splits
+    features = builder.info.features
+    text_keys = [k for k, f in features.items() if isinstance(f, tfds.features.Text)]
+    if not text_keys:
+        raise ConfigError(f"data.dataset={name!r} has no text feature (features: "
+                          f"{list(features)}); choose a text dataset")
+    train, val = "train", next((s for s in ("validation", "test") if s in splits), None)
+    if val is None:  # no held-out split: the end of train, as for local text
+        keep = round(100 * (1 - data.val_fraction))
+        train, val = f"train[:{keep}%]", f"train[{keep}%:]"
+    return Corpus(name, builder, train, val,
+                  text_key="text" if "text" in text_keys else text_keys[0], document_key=None)
+
+
+def unknown_dataset(name: str, why: str = "") -> ConfigError:
+    try:
+        known = tfds.list_builders(with_community_datasets=False)
+    except Exception:  # only for suggestions
+        known = []
+    close = difflib.get_close_matches(name, sorted(set(DATASETS) | set(known)), n=3)
+    return ConfigError(
+        f"data.dataset={name!r} is unknown{why}: choose one of gptjax's datasets "
+        f"{sorted(DATASETS)} or a TFDS catalog name (e.g. 'tiny_shakespeare', 'lm1b'; see "
+        "tfds.list_builders())" + (f"; did you mean {' or '.join(map(repr, close))}?"
+                                   if close else ""))
+
+
+def load_corpus(data: DataConfig) -> Corpus:
+    """The prepared dataset that `data.dataset` names (registry first, then TFDS's catalog)."""
+    root = data_dir(data)
+    if data.dataset != "text_file" and (data.text_file or data.val_text_file):
+        raise ConfigError(
+            f"data.text_file is set but data.dataset={data.dataset!r} ignores it; to train on "
+            f"the file add --config.data.dataset=text_file")
+    if data.dataset in DATASETS:
+        return DATASETS[data.dataset](data, root)
+    if not isinstance(data.dataset, str) or not data.dataset.strip():
+        raise unknown_dataset(str(data.dataset))
+    return catalog(data.dataset, data, root)
