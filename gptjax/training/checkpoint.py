@@ -1,0 +1,106 @@
+"""orbax checkpoints of a run: the TrainState, the data iterator's position and the config.
+
+    workdir/checkpoints/<step>/state    params, optimizer state, step, RNG (orbax StandardSave)
+                              /data     the grain iterator's state, one JSON file per process
+                              /config   the resolved config (JSON), to refuse a mismatched resume
+
+Saves are asynchronous and atomic: orbax writes into a temporary directory and renames it when
+the save is complete, so a killed process leaves the previous checkpoints intact and at most an
+unfinished temporary directory (ignored, then cleaned up, by the next start).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Mapping
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from gptjax.config import Config, ConfigError
+
+# Model fields a resumed run may change: they alter neither parameter shapes nor their meaning.
+RESUMABLE_MODEL_FIELDS = frozenset({"dropout", "attention", "dtype", "remat"})
+
+
+def _handlers():
+    return {"state": ocp.StandardCheckpointHandler(),
+            "data": grain.checkpoint.CheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler()}
+
+
+def latest_step(directory: str | os.PathLike) -> int | None:
+    """The newest complete checkpoint's step in `directory`, or None. Reads only."""
+    if not pathlib.Path(directory).is_dir():
+        return None
+    steps = ocp.utils.checkpoint_steps(directory)  # finalized saves only, never temporaries
+    return max(steps) if steps else None
+
+
+def saved_config(directory: str | os.PathLike, step: int) -> dict:
+    """The config dict stored with checkpoint `step`. Reads only."""
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+        return dict(checkpointer.restore(pathlib.Path(directory).absolute() / str(step) / "config"))
+
+
+def check_compatible(saved: Mapping[str, Any], config: Config, where: str) -> None:
+    """Raise ConfigError naming every model field that differs from the checkpoint's."""
+    current = config.to_dict()["model"]
+    old = saved.get("model", {})
+    diffs = [f"model.{k}: checkpoint {old.get(k)!r}, config {v!r}" for k, v in current.items()
+             if k not in RESUMABLE_MODEL_FIELDS and _norm(old.get(k)) != _norm(v)]
+    if diffs:
+        raise ConfigError(
+            f"{where} holds a checkpoint of a different model ({'; '.join(diffs)}). Resume it "
+            "with the checkpoint's values, or train in another --workdir. Nothing was changed "
+            "in the workdir.")
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+class Checkpoints:
+    """A run's CheckpointManager: async saves of (state, data iterator, config), keeps `keep`."""
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int, async_save: bool = True):
+        self.directory = pathlib.Path(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory.absolute(), item_handlers=_handlers(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=async_save))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_iterator, config: Config) -> None:
+        """Start saving; returns once the arrays are copied off the device (the write goes on in
+        the background). The iterator's position is read now, synchronously."""
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            config=ocp.args.JsonSave(config.to_dict())))
+
+    def restore(self, step: int, abstract_state, data_iterator):
+        """The state saved at `step`, laid out as `abstract_state` (ShapeDtypeStructs with
+        shardings); `data_iterator` is moved to the saved position in place."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        return restored["state"]
+
+    def wait(self) -> None:
+        """Block until every started save is durable on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_with_sharding(abstract_state, shardings):
+    """ShapeDtypeStructs carrying the shardings a restored state should have."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract_state, shardings)

@@ -1,0 +1,253 @@
+"""The training loop: `train(config, workdir)`. All side effects of a run live here: data, the
+progress bar, logs, metrics.jsonl/TensorBoard, text samples and orbax checkpoints; the steps it
+calls are pure.
+
+    workdir/config.json       the resolved config (vocab size filled in from the tokenizer)
+    workdir/tokenizer/        the run's tokenizer (Tokenizer.from_pretrained reads it)
+    workdir/metrics.jsonl     one JSON object per logged/evaluated step
+    workdir/tensorboard/      TensorBoard events
+    workdir/checkpoints/<n>/  orbax checkpoints (see gptjax.training.checkpoint)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from gptjax.config import Config, ConfigError
+from gptjax.training import checkpoint as ckpt_lib
+from gptjax.training import metrics as metrics_lib
+from gptjax.training.optim import make_optimizer
+from gptjax.training.sample import sample_text
+from gptjax.training.state import graphdef_of, init_state
+from gptjax.training.steps import make_eval_step, make_train_step
+
+Callback = Callable[[int, Mapping[str, Any]], None]  # (step, logged metrics or {}) -> None
+
+
+def resolve_vocab(config: Config, tokenizer_vocab: int) -> Config:
+    """Fill model.vocab_size=0 from the tokenizer; refuse a vocabulary smaller than it."""
+    v = config.model.vocab_size
+    if v == 0:
+        model = dataclasses.replace(config.model, vocab_size=int(tokenizer_vocab))
+        return dataclasses.replace(config, model=model)
+    if v < tokenizer_vocab:
+        raise ConfigError(f"model.vocab_size={v} is smaller than the tokenizer's vocabulary "
+                          f"({tokenizer_vocab}); set it to 0 to take the tokenizer's size, or "
+                          f">= {tokenizer_vocab}")
+    return config
+
+
+def check_batch(config: Config, num_devices: int) -> None:
+    """The global batch must split evenly into micro-batches and over data-parallel devices."""
+    b, k = config.data.batch_size, config.optim.grad_accum
+    if b % k:
+        raise ConfigError(f"data.batch_size={b} is not divisible by optim.grad_accum={k}")
+    if (b // k) % num_devices:
+        raise ConfigError(
+            f"data.batch_size={b} does not divide over {num_devices} devices"
+            + (f" in each of optim.grad_accum={k} micro-batches" if k > 1 else "")
+            + f" (data parallel over jax.device_count()); use a multiple of {k * num_devices}")
+
+
+def data_parallel(mesh: Mesh, abstract_state):
+    """Plain data parallelism: state replicated, batch split over the 'data' axis. The parallel
+    package swaps in FSDP/tensor-parallel shardings here."""
+    replicated = NamedSharding(mesh, P())
+    return jax.tree.map(lambda _: replicated, abstract_state), NamedSharding(mesh, P("data"))
+
+
+def _quiet_orbax() -> None:
+    """orbax logs every save step at INFO through absl: keep its warnings, drop the chatter."""
+    absl_logger = logging.get_absl_logger()
+    if not any(isinstance(f, _OrbaxInfoFilter) for f in absl_logger.filters):
+        absl_logger.addFilter(_OrbaxInfoFilter())
+
+
+class _OrbaxInfoFilter:
+    def filter(self, record) -> bool:
+        return record.levelno >= logging.converter.STANDARD_WARNING or (
+            f"{os.sep}orbax{os.sep}" not in record.pathname)
+
+
+def train(config, workdir: str | os.PathLike, *, data=None,
+          callbacks: Iterable[Callback] = ()) -> dict[str, Any]:
+    """Train (or resume) the run in `workdir`; return the final metrics.
+
+    config: an ml_collections ConfigDict, a dict or a Config. data: a gptjax.data.Data, built
+    from config.data when None. callbacks run after every step (e.g. early stopping via an
+    exception). Every bad input raises before anything is compiled or written.
+    """
+    _quiet_orbax()
+    cfg = config if isinstance(config, Config) else Config.from_dict(config)
+    workdir = pathlib.Path(workdir)
+    from gptjax.data import build_data, to_global  # late: TFDS is a slow import
+
+    if data is None:
+        data = build_data(cfg, process_index=jax.process_index(),
+                          process_count=jax.process_count())
+    cfg = resolve_vocab(cfg, data.vocab_size)
+    num_devices = jax.device_count()
+    check_batch(cfg, num_devices)
+    ckpt_dir = workdir / "checkpoints"
+    start = ckpt_lib.latest_step(ckpt_dir)
+    if start is not None:
+        ckpt_lib.check_compatible(ckpt_lib.saved_config(ckpt_dir, start), cfg, str(workdir))
+
+    tcfg = cfg.train
+    tx, schedule = make_optimizer(cfg.optim, tcfg.num_steps)
+    graphdef = graphdef_of(cfg.model)
+    init = functools.partial(init_state, cfg.model, tx, tcfg.seed)
+    abstract = jax.eval_shape(init)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    state_sharding, batch_sharding = data_parallel(mesh, abstract)
+    train_step = make_train_step(cfg, graphdef, tx, schedule, state_sharding=state_sharding,
+                                 batch_sharding=batch_sharding)
+    eval_step = make_eval_step(graphdef, params_sharding=state_sharding.params,
+                               batch_sharding=batch_sharding)
+
+    is_main = jax.process_index() == 0
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if hasattr(data.tokenizer, "save"):
+            data.tokenizer.save(workdir / "tokenizer")
+    checkpoints = ckpt_lib.Checkpoints(ckpt_dir, keep=tcfg.keep_checkpoints)
+    if start is None:
+        start = 0
+        state = jax.jit(init, out_shardings=state_sharding)()
+    else:
+        logging.info("Resuming %s from step %d", workdir, start)
+        state = checkpoints.restore(start, ckpt_lib.abstract_with_sharding(abstract,
+                                                                          state_sharding),
+                                    data.train)
+    writer = metrics_lib.MetricWriter(workdir, resume_step=start, enabled=is_main)
+
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    n_matmul = metrics_lib.matmul_params(abstract.params, cfg.model)
+    flops_per_token = metrics_lib.flops_per_token(n_matmul, cfg.model, cfg.data.seq_len)
+    peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, tcfg.peak_flops)
+    logging.info("%s: %d devices (%s), %.2fM params (%.2fM in matmuls), %.3g FLOPs/token%s",
+                 workdir, num_devices, jax.devices()[0].device_kind,
+                 sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params)) / 1e6,
+                 n_matmul / 1e6, flops_per_token,
+                 f", peak {peak:.3g} FLOP/s per device" if peak else ", MFU not reported "
+                 "(unknown chip; set train.peak_flops)")
+
+    def evaluate(params) -> dict[str, float]:
+        losses = [eval_step(params, to_global(b, batch_sharding))["loss"]
+                  for b in data.val_batches(tcfg.eval_steps)]
+        loss = float(np.mean(jax.device_get(losses)))
+        return {"val_loss": loss, "val_perplexity": float(math.exp(min(loss, 80.0)))}
+
+    def sample(params, step: int) -> str | None:
+        if not tcfg.sample_tokens:
+            return None
+        try:
+            prompt = data.tokenizer.encode(tcfg.sample_prompt) or [0]
+            text = sample_text(graphdef, params, data.tokenizer, prompt, tcfg.sample_tokens,
+                               window=min(cfg.model.max_len, cfg.data.seq_len),
+                               seed=tcfg.seed + step)
+        except Exception as e:  # a sample is a report, never a reason to lose a run
+            logging.warning("step %d: text sample failed: %r", step, e)
+            return None
+        logging.info("step %d sample:\n%s%s", step, tcfg.sample_prompt, text)
+        writer.write_text(step, "sample", tcfg.sample_prompt + text)
+        return text
+
+    final: dict[str, Any] = {"step": start}
+    pbar = tqdm(total=tcfg.num_steps, initial=start, disable=not is_main, desc="train",
+                dynamic_ncols=True)
+    pending: list = []  # device metrics since the last log line
+    window_steps, window_time, t0 = 0, 0.0, time.perf_counter()
+    try:
+        if start >= tcfg.num_steps:
+            logging.info("%s is already at step %d >= train.num_steps", workdir, start)
+            final.update(evaluate(state.params))
+        for step in range(start + 1, tcfg.num_steps + 1):  # step: the count after this update
+            batch = to_global(next(data.train), batch_sharding)
+            state, m = train_step(state, batch)
+            pending.append(m)
+            if step == start + 1:  # the first step compiles: keep it out of tokens/s
+                jax.block_until_ready(m)
+                logging.info("first step (compile + run): %.1f s", time.perf_counter() - t0)
+                pending, t0 = [m], time.perf_counter()
+                window_steps = 0
+            else:
+                window_steps += 1
+            pbar.update(1)
+            row: dict[str, Any] = {}
+            last = step == tcfg.num_steps
+            if step % tcfg.log_every == 0 or last:
+                ms = jax.device_get(pending)
+                window_time += time.perf_counter() - t0
+                row["train_loss"] = float(np.mean([x["loss"] for x in ms]))
+                row["lr"] = float(ms[-1]["lr"])
+                row["grad_norm"] = float(np.mean([x["grad_norm"] for x in ms]))
+                if "z_loss" in ms[-1]:
+                    row["z_loss"] = float(np.mean([x["z_loss"] for x in ms]))
+                if window_steps and window_time > 0:
+                    row["tokens_per_sec"] = window_steps * tokens_per_step / window_time
+                    row["ms_per_step"] = 1e3 * window_time / window_steps
+                    if peak:
+                        row["mfu"] = (row["tokens_per_sec"] * flops_per_token
+                                      / (peak * num_devices))
+                pending, window_steps, window_time = [], 0, 0.0
+                logging.info("step %d | loss %.4f | lr %.3e | grad norm %.3f%s%s", step,
+                             row["train_loss"], row["lr"], row["grad_norm"],
+                             f" | {row['tokens_per_sec']:,.0f} tok/s" if "tokens_per_sec" in row
+                             else "", f" | MFU {100 * row['mfu']:.1f}%" if "mfu" in row else "")
+                pbar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
+                t0 = time.perf_counter()
+            paused = False
+            if step % tcfg.eval_every == 0 or last:
+                window_time += _pause(t0, state)
+                paused = True
+                row.update(evaluate(state.params))
+                logging.info("step %d | val loss %.4f | val perplexity %.2f", step,
+                             row["val_loss"], row["val_perplexity"])
+                text = sample(state.params, step)
+                if text is not None:
+                    final["sample"] = text
+            elif tcfg.sample_every and step % tcfg.sample_every == 0:
+                window_time += _pause(t0, state)
+                paused = True
+                text = sample(state.params, step)
+                if text is not None:
+                    final["sample"] = text
+            if row:
+                writer.write(step, row)
+                final.update(row)
+                final["step"] = step
+            if step % tcfg.checkpoint_every == 0 or last:
+                if not paused:
+                    window_time += _pause(t0, state)
+                    paused = True
+                checkpoints.save(step, state, data.train, cfg)
+            if paused:
+                t0 = time.perf_counter()
+            for callback in callbacks:
+                callback(step, row)
+    finally:
+        pbar.close()
+        checkpoints.close()  # waits for async saves: a finished save is never left half-written
+        writer.close()
+    return final
+
+
+def _pause(t0: float, state) -> float:
+    """Training time since t0, counted once the dispatched steps have finished."""
+    jax.block_until_ready(state.step)
+    return time.perf_counter() - t0
