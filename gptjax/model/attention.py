@@ -42,6 +42,21 @@ class CausalSelfAttention(nnx.Module):
                          rngs=rngs)
         self.resid_dropout = nnx.Dropout(cfg.dropout)
 
+    def project(self, x, positions_):
+        """1. Queries, keys and values, split into heads: [batch, seq, (kv_)heads, head_dim]."""
+        cfg = self.cfg
+        b, t, _ = x.shape
+        q = self.query(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
+        k = self.key(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        v = self.value(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        q = constrain(q, ("batch", "seq", "heads", "head_dim"))
+        k = constrain(k, ("batch", "seq", "kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "seq", "kv_heads", "head_dim"))
+        if cfg.position == "rope":
+            q = positions.rope(q, positions_, cfg.rope_theta)
+            k = positions.rope(k, positions_, cfg.rope_theta)
+        return q, k, v
+
     def __call__(self, x, *, positions_, mask, cache=None, cache_index=None,
                  deterministic: bool = True, rngs: nnx.Rngs | None = None):
         """x: [batch, seq, d_model] -> ([batch, seq, d_model], updated cache or None).
@@ -52,16 +67,7 @@ class CausalSelfAttention(nnx.Module):
         """
         cfg = self.cfg
         b, t, _ = x.shape
-        # 1. queries, keys and values, split into heads: [batch, seq, heads, head_dim]
-        q = self.query(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
-        k = self.key(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-        v = self.value(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-        q = constrain(q, ("batch", "seq", "heads", "head_dim"))
-        k = constrain(k, ("batch", "seq", "kv_heads", "head_dim"))
-        v = constrain(v, ("batch", "seq", "kv_heads", "head_dim"))
-        if cfg.position == "rope":
-            q = positions.rope(q, positions_, cfg.rope_theta)
-            k = positions.rope(k, positions_, cfg.rope_theta)
+        q, k, v = self.project(x, positions_)
         if cache is not None:
             start = (0, cache_index, 0, 0)
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
