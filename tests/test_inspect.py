@@ -1,0 +1,58 @@
+"""Attention weights drawn by experiments/attention_maps.py are the model's real ones."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from gptjax import GPT, ModelConfig
+from gptjax.model.inspect import attention_weights
+from gptjax.plots import attention_heatmaps
+
+
+def _model(**kw):
+    cfg = dict(vocab_size=60, max_len=32, num_layers=2, num_heads=4, d_model=32)
+    cfg.update(kw)
+    return GPT(ModelConfig(**cfg), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("kw", [{}, {"position": "alibi"}, {"position": "rope", "num_kv_heads": 2},
+                                {"window": 3, "position": "none"}])
+def test_weights_are_causal_distributions_that_reproduce_the_layer(kw):
+    model = _model(**kw)
+    tokens = jax.random.randint(jax.random.key(0), (1, 9), 0, 60)
+    w = attention_weights(model, tokens)
+    assert w.shape == (2, 1, 4, 9, 9)
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(np.triu(np.asarray(w), 1), 0.0)
+    if "window" in kw:
+        np.testing.assert_array_equal(np.tril(np.asarray(w), -3), 0.0)
+    # weights @ V, heads concatenated and projected, is exactly the first layer's attention output
+    block = model.blocks[0]
+    pos = jnp.arange(9)[None]
+    x = model.wte(tokens)
+    if model.cfg.position == "learned":
+        x = x + model.wpe(pos)
+    _, _, v = block.attn.project(block.ln_1(x), pos)
+    v = jnp.repeat(v, 4 // model.cfg.num_kv_heads, axis=2)
+    context = jnp.einsum("bhqk,bkhd->bqhd", w[0], v).reshape(1, 9, 32)
+    from gptjax.model.masks import causal
+    from gptjax.model.positions import alibi_slopes
+
+    slopes = jnp.asarray(alibi_slopes(4)) if model.cfg.position == "alibi" else None
+    expected, _ = block.attn(block.ln_1(x), positions_=pos,
+                             mask=causal(9, window=model.cfg.window, alibi_slopes=slopes))
+    np.testing.assert_allclose(block.attn.out(context), expected, atol=1e-5)
+
+
+def test_heatmaps_one_png_per_layer(tmp_path):
+    w = attention_weights(_model(), jnp.arange(6)[None])[:, 0]
+    paths = attention_heatmaps(w, list("abcdef"), tmp_path)
+    assert [p.name for p in paths] == ["attention_layer00.png", "attention_layer01.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_prompt_longer_than_learned_positions():
+    with pytest.raises(ValueError, match="prompt length 40 exceeds model.max_len=32"):
+        attention_weights(_model(), jnp.zeros((1, 40), jnp.int32))
