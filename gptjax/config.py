@@ -127,6 +127,8 @@ class DataConfig:
     seq_len: int = 256
     batch_size: int = 32  # global batch, in sequences
     shuffle: bool = True
+    mqar_num_kv_pairs: int = 8  # dataset='mqar': key-value pairs per sequence
+    mqar_vocab_size: int = 256  # dataset='mqar': token ids, when model.vocab_size is 0
     data_dir: str | None = None  # prepared TFDS data; None: $GPTJAX_DATA_DIR or TFDS default
 
     def validate(self) -> None:

@@ -162,7 +162,7 @@ def unknown_dataset(name: str, why: str = "") -> ConfigError:
     close = difflib.get_close_matches(name, sorted(set(DATASETS) | set(known)), n=3)
     return ConfigError(
         f"data.dataset={name!r} is unknown{why}: choose one of gptjax's datasets "
-        f"{sorted(DATASETS)} or a TFDS catalog name (e.g. 'tiny_shakespeare', 'lm1b'; see "
+        f"{sorted(DATASETS)}, the synthetic task 'mqar', or a TFDS catalog name (e.g. 'tiny_shakespeare', 'lm1b'; see "
         "tfds.list_builders())" + (f"; did you mean {' or '.join(map(repr, close))}?"
                                    if close else ""))
 

@@ -83,6 +83,10 @@ def build_data(config: Config, *, tokenizer=None, process_index: int | None = No
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")
 
+    if data.dataset == "mqar":  # synthetic recall task: token ids, no text or tokenizer
+        from gptjax.data.mqar import build_mqar
+
+        return build_mqar(config, process_index=process_index, process_count=process_count)
     corpus = load_corpus(data)
     if tokenizer is None:
         text = None
