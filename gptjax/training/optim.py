@@ -51,7 +51,9 @@ def linear(optim, total_steps: int) -> optax.Schedule:
 def constant(optim, total_steps: int) -> optax.Schedule:
     """Linear warmup 0 -> lr, then constant lr."""
     del total_steps
-    return optax.warmup_constant_schedule(0.0, optim.lr, optim.warmup_steps)
+    # not optax.warmup_constant_schedule: with warmup_steps=0 it stays at 0
+    return optax.join_schedules([optax.linear_schedule(0.0, optim.lr, optim.warmup_steps),
+                                 optax.constant_schedule(optim.lr)], [optim.warmup_steps])
 
 
 @register_schedule("wsd")

@@ -1,0 +1,205 @@
+"""The pure pieces of training: schedules, the weight-decay mask, gradient accumulation, the
+loss, FLOPs/MFU arithmetic and the loop's input checks."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gptjax.config import Config, ConfigError, OptimConfig
+from gptjax.training import (SCHEDULES, cross_entropy, decay_mask, graphdef_of, init_state,
+                             make_optimizer, make_schedule, train_step_fn)
+from gptjax.training import metrics
+from gptjax.training.loop import check_batch, resolve_vocab
+
+
+def tiny(**optim) -> Config:
+    return Config.from_dict(dict(
+        model=dict(vocab_size=23, max_len=16, num_layers=1, num_heads=2, d_model=32),
+        data=dict(seq_len=16, batch_size=8), optim=optim, train=dict(num_steps=50)))
+
+
+def fresh(cfg, tx, seed=0):
+    return jax.jit(lambda: init_state(cfg.model, tx, seed))()
+
+
+def batch_of(b=8, t=16, v=23, seed=0):
+    x = np.random.default_rng(seed).integers(0, v, (b, t + 1)).astype(np.int32)
+    return {"inputs": x[:, :-1], "targets": x[:, 1:]}
+
+
+# --- schedules: the optax formulas, written out --------------------------------------------
+
+def test_cosine_schedule_is_warmup_then_cosine_to_min_lr():
+    o = OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=100, schedule="cosine")
+    f = make_schedule(o, 2000)
+    for step in (0, 1, 50, 99, 100):
+        assert f(step) == pytest.approx(1e-3 * min(step, 100) / 100, rel=1e-5)
+    for step in (100, 500, 1000, 1999, 2000):
+        ratio = (step - 100) / 1900
+        expect = 1e-4 + 0.5 * (1 + math.cos(math.pi * ratio)) * (1e-3 - 1e-4)
+        assert f(step) == pytest.approx(expect, rel=1e-5)
+    assert f(5000) == pytest.approx(1e-4, rel=1e-5)  # held after decay_steps
+
+
+def test_linear_constant_wsd_schedules():
+    o = OptimConfig(lr=1.0, min_lr=0.1, warmup_steps=10, schedule="linear")
+    f = make_schedule(o, 110)
+    assert [float(f(s)) for s in (0, 5, 10, 60, 110, 200)] == pytest.approx(
+        [0, 0.5, 1.0, 0.55, 0.1, 0.1], rel=1e-5)
+    f = make_schedule(dataclasses.replace(o, schedule="constant"), 110)
+    assert [float(f(s)) for s in (0, 5, 10, 1000)] == pytest.approx([0, 0.5, 1, 1])
+    for name in SCHEDULES:  # no warmup: the full rate from the first step
+        f = make_schedule(dataclasses.replace(o, schedule=name, warmup_steps=0), 110)
+        assert float(f(0)) == pytest.approx(1.0), name
+    f = make_schedule(dataclasses.replace(o, schedule="wsd", wsd_decay_fraction=0.2), 110)
+    # warmup 10, stable until 90, the last 20 steps decay linearly to min_lr
+    assert [float(f(s)) for s in (5, 10, 50, 90, 100, 110, 150)] == pytest.approx(
+        [0.5, 1, 1, 1, 0.55, 0.1, 0.1], rel=1e-5)
+    f = make_schedule(dataclasses.replace(o, schedule="cosine", decay_steps=60), 1000)
+    assert float(f(60)) == pytest.approx(0.1) and float(f(35)) == pytest.approx(0.55)
+
+
+def test_schedule_registry_drives_validation():
+    assert {"cosine", "linear", "constant", "wsd"} <= set(SCHEDULES)
+    with pytest.raises(ConfigError, match=r"optim.schedule='exp'.*choose one of"):
+        OptimConfig(schedule="exp")
+    with pytest.raises(ConfigError, match=r"optim.decay_steps=50 .*> optim.warmup_steps=100"):
+        OptimConfig(warmup_steps=100, decay_steps=50)
+
+
+# --- the optimizer ---------------------------------------------------------------------------
+
+def test_decay_mask_excludes_norms_biases_embeddings():
+    cfg = tiny()
+    params = jax.eval_shape(lambda: init_state(cfg.model, make_optimizer(cfg.optim, 10)[0], 0)
+                            ).params
+    names = {jax.tree_util.keystr(p): m for p, m in
+             jax.tree_util.tree_leaves_with_path(decay_mask(params))}
+    decayed = sorted(k for k, m in names.items() if m)
+    assert decayed and all("kernel" in k for k in decayed)
+    assert all(not m for k, m in names.items()
+               if "ln_" in k or "bias" in k or "embedding" in k), names
+    assert len(decayed) == 6  # q, k, v, out, fc, proj of the one block
+    with_emb = jax.tree_util.tree_leaves_with_path(decay_mask(params, decay_embeddings=True))
+    assert {jax.tree_util.keystr(p) for p, m in with_emb if m} - set(decayed) == {
+        "['wpe']['embedding'].value", "['wte']['embedding'].value"}
+
+
+def test_weight_decay_leaves_masked_params_alone():
+    cfg = tiny(lr=0.1, warmup_steps=0, schedule="constant", weight_decay=0.5, grad_clip=None)
+    tx, _ = make_optimizer(cfg.optim, 10)
+    state = fresh(cfg, tx)
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    updates, _ = jax.jit(tx.update)(zeros, state.opt_state, state.params)
+    for (path, u), p in zip(jax.tree_util.tree_leaves_with_path(updates),
+                            jax.tree.leaves(state.params)):
+        if "kernel" in jax.tree_util.keystr(path):  # AdamW: -lr * wd * p with zero gradients
+            np.testing.assert_allclose(u, -0.1 * 0.5 * p, rtol=1e-6)
+        else:
+            assert not np.any(u), jax.tree_util.keystr(path)
+
+
+def test_grad_accumulation_equals_one_big_batch():
+    # Plain SGD, so parameters differ exactly as the gradients do (Adam would magnify the
+    # rounding noise of near-zero gradients into sign flips).
+    cfg = tiny()
+    tx, schedule = optax.sgd(1.0), optax.constant_schedule(1.0)
+    gd = graphdef_of(cfg.model)
+    batch = batch_of()
+    results = []
+    for k in (1, 4):
+        c = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, grad_accum=k))
+        step = jax.jit(train_step_fn(c, gd, tx, schedule))
+        state = fresh(cfg, tx)
+        for _ in range(2):
+            state, m = step(state, batch)
+        results.append((state, m))
+    (a, ma), (b, mb) = results
+    assert float(ma["loss"]) == pytest.approx(float(mb["loss"]), rel=1e-5)
+    assert float(ma["grad_norm"]) == pytest.approx(float(mb["grad_norm"]), rel=1e-5)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    assert int(a.step) == int(b.step) == 2  # one optimizer update per step either way
+
+
+def test_clipping_and_metrics():
+    cfg = tiny(lr=1e-3, warmup_steps=0, schedule="constant", grad_clip=1e-3)
+    tx, schedule = make_optimizer(cfg.optim, 50)
+    step = jax.jit(train_step_fn(cfg, graphdef_of(cfg.model), tx, schedule))
+    new, m = step(fresh(cfg, tx), batch_of())
+    assert set(m) == {"loss", "grad_norm", "lr"}
+    assert float(m["grad_norm"]) > 1e-3  # reported before clipping
+    assert float(m["lr"]) == pytest.approx(1e-3)
+    assert float(m["loss"]) == pytest.approx(math.log(23), rel=0.05)  # a fresh model ~ uniform
+
+
+def test_dropout_key_changes_per_step_and_is_reproducible():
+    cfg = tiny(lr=1e-3, warmup_steps=0)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.5))
+    tx, schedule = make_optimizer(cfg.optim, 50)
+    step = jax.jit(train_step_fn(cfg, graphdef_of(cfg.model), tx, schedule))
+    batch = batch_of()
+    s0 = fresh(cfg, tx)
+    _, m_a = step(s0, batch)
+    _, m_b = step(fresh(cfg, tx), batch)
+    _, m_c = step(s0.replace(step=s0.step + 1), batch)
+    assert float(m_a["loss"]) == float(m_b["loss"])
+    assert float(m_a["loss"]) != float(m_c["loss"])
+
+
+def test_cross_entropy_and_z_loss():
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 5)), jnp.float32)
+    targets = jnp.asarray([[0, 1, 2], [3, 4, 0]])
+    ce, z = cross_entropy(logits, targets, z_loss=1e-2)
+    log_p = jax.nn.log_softmax(logits)
+    expect = -jnp.take_along_axis(log_p, targets[..., None], -1).mean()
+    assert float(ce) == pytest.approx(float(expect), rel=1e-6)
+    assert float(z) == pytest.approx(
+        1e-2 * float(jnp.mean(jax.nn.logsumexp(logits, -1) ** 2)), rel=1e-6)
+    assert float(cross_entropy(logits, targets)[1]) == 0.0
+
+
+# --- FLOPs and MFU ---------------------------------------------------------------------------
+
+def test_flops_per_token_is_6n_plus_12ldt():
+    cfg = tiny()
+    params = jax.eval_shape(lambda: init_state(cfg.model, optax.sgd(0.1), 0)).params
+    total = sum(x.size for x in jax.tree.leaves(params))
+    n = metrics.matmul_params(params, cfg.model)
+    assert n == total - 16 * 32  # all but the learned positions (wte is the tied LM head)
+    assert metrics.flops_per_token(n, cfg.model, 16) == 6 * n + 12 * 1 * 32 * 16
+
+
+def test_peak_flops_table():
+    assert metrics.peak_flops("TPU v5 lite") == 197e12
+    assert metrics.peak_flops("TPU v5p") == 459e12
+    assert metrics.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert metrics.peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
+    assert metrics.peak_flops("cpu") is None
+    assert metrics.peak_flops("cpu", 1.8e11) == 1.8e11
+
+
+# --- the loop's checks ------------------------------------------------------------------------
+
+def test_vocab_size_zero_comes_from_the_tokenizer():
+    cfg = Config.from_dict(dict(model=dict(vocab_size=0, max_len=16, num_layers=1, num_heads=2,
+                                           d_model=32), data=dict(seq_len=16)))
+    assert resolve_vocab(cfg, 65).model.vocab_size == 65
+    big = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=128))
+    assert resolve_vocab(big, 65).model.vocab_size == 128  # padding up is fine
+    with pytest.raises(ConfigError, match=r"model.vocab_size=50 is smaller .* \(65\)"):
+        resolve_vocab(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
+                                                                         vocab_size=50)), 65)
+
+
+def test_check_batch():
+    check_batch(tiny(grad_accum=2), 4)  # 8 = 2 micro-batches of 4 = 4 devices x 1
+    with pytest.raises(ConfigError, match=r"data.batch_size=8 does not divide over 3 devices"):
+        check_batch(tiny(), 3)
+    with pytest.raises(ConfigError, match=r"not divisible by optim.grad_accum=3"):
+        check_batch(tiny(grad_accum=3), 1)
