@@ -294,3 +294,25 @@ def _from_dict(cls, d: Mapping[str, Any], section: str):
                           f"known fields of {section}: {sorted(names)}")
     d = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(d).items()}
     return cls(**d)
+
+
+def default_config():
+    """An ml_collections ConfigDict with every field of every section at its default.
+
+    configs/*.py start from it and change what differs, so that any field can be overridden as
+    --config.section.field=value (fields whose default is None become typed placeholders).
+    """
+    import ml_collections
+    from ml_collections.config_dict import placeholder
+
+    kinds = {"int": int, "float": float, "str": str, "bool": bool}
+    root = ml_collections.ConfigDict()
+    for f in dataclasses.fields(Config):
+        section = ml_collections.ConfigDict()
+        for field in dataclasses.fields(f.type if isinstance(f.type, type) else globals()[f.type]):
+            value = field.default
+            if value is None:  # "int | None" -> placeholder(int)
+                value = placeholder(kinds[str(field.type).split("|")[0].strip()])
+            section[field.name] = value
+        root[f.name] = section
+    return root
