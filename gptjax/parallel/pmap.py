@@ -1,28 +1,19 @@
 """The pmap path: plain data parallelism, kept for comparison and for older setups.
 
 The state is replicated on every device, each device runs the same pure step body on its slice
-of the batch, and gradients are averaged with `lax.pmean` before the optimizer sees them, so
-every replica applies the same update and the state stays identical (returned unstacked).
+of the batch, and gradients are averaged with `lax.pmean` over AXIS before the optimizer sees
+them (gptjax.training.steps.train_step_fn(..., axis_name=AXIS)), so every replica applies the
+same update and the state stays identical (returned once, unstacked).
 """
 
 from __future__ import annotations
 
 import jax
 import numpy as np
-import optax
 
 from gptjax.parallel.sharding import ShardingError
 
 AXIS = "devices"  # the pmap axis name gradients and metrics are averaged over
-
-
-def pmean_gradients(tx: optax.GradientTransformation, axis_name: str = AXIS):
-    """`tx` with gradients averaged over `axis_name` first; the same optimizer state as `tx`."""
-
-    def update(grads, state, params=None, **extra):
-        return tx.update(jax.lax.pmean(grads, axis_name), state, params, **extra)
-
-    return optax.GradientTransformationExtraArgs(tx.init, update)
 
 
 def check_batch(batch_size: int, num_devices: int, what: str = "data.batch_size") -> None:

@@ -119,14 +119,23 @@ def _split(mesh: Mesh, axes) -> int:
     return math.prod(mesh.shape[a] for a in axes)
 
 
+def _batch_axes(mesh: Mesh, rules: Rules) -> tuple[str, ...]:
+    spec = logical_to_mesh(("batch",), rules, mesh=mesh)[0]
+    return () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+
+
+def batch_shard_count(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
+    """How many pieces the batch dimension is split into."""
+    return _split(mesh, _batch_axes(mesh, rules))
+
+
 def check_batch(batch_size: int, mesh: Mesh, rules: Rules = DEFAULT_RULES,
                 what: str = "data.batch_size") -> None:
     """Raise ShardingError if the global batch does not split evenly over the batch axes."""
-    spec = logical_to_mesh(("batch",), rules, mesh=mesh)[0]
-    axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
+    axes = _batch_axes(mesh, rules)
     n = _split(mesh, axes)
     if batch_size % n:
-        sizes = " x ".join(f"{a}={mesh.shape[a]}" for a in axes)
+        sizes = " x ".join(f"mesh.{a}={mesh.shape[a]}" for a in axes)
         raise ShardingError(
             f"{what}={batch_size} does not split over the batch axes ({sizes} = {n} shards); "
             f"use a batch size that is a multiple of {n} (e.g. {-(-batch_size // n) * n}) or "

@@ -4,9 +4,9 @@ The loop asks the plan, never the strategy, so `mesh.strategy` and the mesh's sh
 change only:
 
     plan = make_plan(config)                      # mesh + checks, before anything compiles
-    tx = plan.optimizer(tx)                       # pmap: gradients averaged over devices
     state = plan.init(init_state, model_cfg, tx, seed)   # born sharded / replicated
-    train_step = plan.compile_train(train_step_fn(config, graphdef, tx, schedule), state)
+    step_fn = train_step_fn(config, graphdef, tx, schedule, axis_name=plan.axis_name)
+    train_step = plan.compile_train(step_fn, state)
     state, metrics = train_step(state, plan.put_batch(host_batch))
 
 - strategy='jit': jax.jit with NamedSharding in/out shardings over the ('data','fsdp','tensor')
@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gptjax.parallel import sharding as sh
 from gptjax.parallel.mesh import describe, make_mesh
-from gptjax.parallel.pmap import AXIS as PMAP_AXIS, pmean_gradients, pmap_step, split_batch
+from gptjax.parallel.pmap import AXIS as PMAP_AXIS, pmap_step, split_batch
 from gptjax.parallel.rules import DEFAULT_RULES, Rules, activate
 
 
@@ -44,11 +44,19 @@ class Plan:
     def __str__(self) -> str:
         return f"{self.strategy}: {describe(self.mesh)}"
 
-    # --- state -------------------------------------------------------------------------------
-    def optimizer(self, tx):
-        """The optimizer the step should use: pmap averages gradients inside tx.update."""
-        return pmean_gradients(tx, PMAP_AXIS) if self.strategy == "pmap" else tx
+    @property
+    def axis_name(self) -> str | None:
+        """The pmap axis a step averages gradients over (train_step_fn's axis_name); jit: None."""
+        return PMAP_AXIS if self.strategy == "pmap" else None
 
+    @property
+    def batch_shards(self) -> int:
+        """How many pieces a batch is split into (pmap: devices; jit: the batch axes' product)."""
+        if self.strategy == "pmap":
+            return self.mesh.devices.size
+        return sh.batch_shard_count(self.mesh, self.rules)
+
+    # --- state -------------------------------------------------------------------------------
     def shardings(self, tree):
         """NamedShardings for a pytree of (abstract) arrays: the state, params, a restore target."""
         if self.strategy == "pmap":
@@ -141,9 +149,11 @@ def _lower_in(plan, fn, *args, **kwargs):
         return fn.lower(*args, **kwargs)
 
 
-def make_plan(config, devices=None, rules: Rules = DEFAULT_RULES) -> Plan:
+def make_plan(config, devices=None, rules: Rules = DEFAULT_RULES, *,
+              check_batch: bool = True) -> Plan:
     """The plan config.mesh asks for, with every check that can fail done now, before compiling:
-    mesh vs device count, model dims vs tensor/fsdp axes, batch vs data axes."""
+    mesh vs device count, model dims vs tensor/fsdp axes, batch vs batch axes (unless the
+    caller checks the batch itself, from plan.batch_shards)."""
     mesh_cfg = config.mesh
     if mesh_cfg.strategy == "pmap":
         if (mesh_cfg.fsdp, mesh_cfg.tensor) != (1, 1):
@@ -158,5 +168,8 @@ def make_plan(config, devices=None, rules: Rules = DEFAULT_RULES) -> Plan:
     plan = Plan(config.mesh.strategy, mesh, rules)
     if plan.strategy == "jit":
         sh.check_model(config.model, mesh, rules)
-    plan.check_batch(config.data.batch_size)
+    b, k = config.data.batch_size, config.optim.grad_accum
+    if check_batch and b % k == 0:  # else the training loop names the grad_accum mismatch
+        plan.check_batch(b // k, "data.batch_size" if k == 1 else
+                         f"data.batch_size / optim.grad_accum = {b}/{k}")
     return plan

@@ -23,16 +23,16 @@ from typing import Any, Callable, Iterable, Mapping
 import jax
 import numpy as np
 from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from gptjax.config import Config, ConfigError
+from gptjax.parallel import make_plan
 from gptjax.training import checkpoint as ckpt_lib
 from gptjax.training import metrics as metrics_lib
 from gptjax.training.optim import make_optimizer
 from gptjax.training.sample import sample_text
 from gptjax.training.state import graphdef_of, init_state
-from gptjax.training.steps import make_eval_step, make_train_step
+from gptjax.training.steps import eval_step_fn, train_step_fn
 
 Callback = Callable[[int, Mapping[str, Any]], None]  # (step, logged metrics or {}) -> None
 
@@ -51,7 +51,8 @@ def resolve_vocab(config: Config, tokenizer_vocab: int) -> Config:
 
 
 def check_batch(config: Config, num_devices: int) -> None:
-    """The global batch must split evenly into micro-batches and over data-parallel devices."""
+    """The global batch must split evenly into micro-batches and over data-parallel devices
+    (num_devices: the pieces the plan splits a batch into, gptjax.parallel.Plan.batch_shards)."""
     b, k = config.data.batch_size, config.optim.grad_accum
     if b % k:
         raise ConfigError(f"data.batch_size={b} is not divisible by optim.grad_accum={k}")
@@ -59,14 +60,8 @@ def check_batch(config: Config, num_devices: int) -> None:
         raise ConfigError(
             f"data.batch_size={b} does not divide over {num_devices} devices"
             + (f" in each of optim.grad_accum={k} micro-batches" if k > 1 else "")
-            + f" (data parallel over jax.device_count()); use a multiple of {k * num_devices}")
-
-
-def data_parallel(mesh: Mesh, abstract_state):
-    """Plain data parallelism: state replicated, batch split over the 'data' axis. The parallel
-    package swaps in FSDP/tensor-parallel shardings here."""
-    replicated = NamedSharding(mesh, P())
-    return jax.tree.map(lambda _: replicated, abstract_state), NamedSharding(mesh, P("data"))
+            + " (the mesh's batch axes: mesh.data x mesh.fsdp, or every device with pmap); "
+            f"use a multiple of {k * num_devices}")
 
 
 def _quiet_orbax() -> None:
@@ -93,14 +88,16 @@ def train(config, workdir: str | os.PathLike, *, data=None,
     _quiet_orbax()
     cfg = config if isinstance(config, Config) else Config.from_dict(config)
     workdir = pathlib.Path(workdir)
-    from gptjax.data import build_data, to_global  # late: TFDS is a slow import
+    from gptjax.data import build_data  # late: TFDS is a slow import
 
     if data is None:
         data = build_data(cfg, process_index=jax.process_index(),
                           process_count=jax.process_count())
     cfg = resolve_vocab(cfg, data.vocab_size)
+    # config.mesh -> devices: DP / FSDP / TP / pmap; mesh and model-vs-mesh errors raise here
+    plan = make_plan(cfg, check_batch=False)
     num_devices = jax.device_count()
-    check_batch(cfg, num_devices)
+    check_batch(cfg, plan.batch_shards)
     ckpt_dir = workdir / "checkpoints"
     start = ckpt_lib.latest_step(ckpt_dir)
     if start is not None:
@@ -111,12 +108,10 @@ def train(config, workdir: str | os.PathLike, *, data=None,
     graphdef = graphdef_of(cfg.model)
     init = functools.partial(init_state, cfg.model, tx, tcfg.seed)
     abstract = jax.eval_shape(init)
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    state_sharding, batch_sharding = data_parallel(mesh, abstract)
-    train_step = make_train_step(cfg, graphdef, tx, schedule, state_sharding=state_sharding,
-                                 batch_sharding=batch_sharding)
-    eval_step = make_eval_step(graphdef, params_sharding=state_sharding.params,
-                               batch_sharding=batch_sharding)
+    state_sharding = plan.shardings(abstract)
+    train_step = plan.compile_train(
+        train_step_fn(cfg, graphdef, tx, schedule, axis_name=plan.axis_name), abstract)
+    eval_step = plan.compile_eval(eval_step_fn(graphdef), abstract.params)
 
     is_main = jax.process_index() == 0
     if is_main:
@@ -127,7 +122,7 @@ def train(config, workdir: str | os.PathLike, *, data=None,
     checkpoints = ckpt_lib.Checkpoints(ckpt_dir, keep=tcfg.keep_checkpoints)
     if start is None:
         start = 0
-        state = jax.jit(init, out_shardings=state_sharding)()
+        state = plan.init(init)
     else:
         logging.info("Resuming %s from step %d", workdir, start)
         state = checkpoints.restore(start, ckpt_lib.abstract_with_sharding(abstract,
@@ -139,6 +134,7 @@ def train(config, workdir: str | os.PathLike, *, data=None,
     n_matmul = metrics_lib.matmul_params(abstract.params, cfg.model)
     flops_per_token = metrics_lib.flops_per_token(n_matmul, cfg.model, cfg.data.seq_len)
     peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, tcfg.peak_flops)
+    logging.info("%s: %s", workdir, plan)
     logging.info("%s: %d devices (%s), %.2fM params (%.2fM in matmuls), %.3g FLOPs/token%s",
                  workdir, num_devices, jax.devices()[0].device_kind,
                  sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params)) / 1e6,
@@ -147,7 +143,7 @@ def train(config, workdir: str | os.PathLike, *, data=None,
                  "(unknown chip; set train.peak_flops)")
 
     def evaluate(params) -> dict[str, float]:
-        losses = [eval_step(params, to_global(b, batch_sharding))["loss"]
+        losses = [eval_step(params, plan.put_batch(b))["loss"]
                   for b in data.val_batches(tcfg.eval_steps)]
         loss = float(np.mean(jax.device_get(losses)))
         return {"val_loss": loss, "val_perplexity": float(math.exp(min(loss, 80.0)))}
@@ -177,7 +173,7 @@ def train(config, workdir: str | os.PathLike, *, data=None,
             logging.info("%s is already at step %d >= train.num_steps", workdir, start)
             final.update(evaluate(state.params))
         for step in range(start + 1, tcfg.num_steps + 1):  # step: the count after this update
-            batch = to_global(next(data.train), batch_sharding)
+            batch = plan.put_batch(next(data.train))
             state, m = train_step(state, batch)
             pending.append(m)
             if step == start + 1:  # the first step compiles: keep it out of tokens/s

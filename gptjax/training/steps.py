@@ -47,8 +47,12 @@ def _micro_batches(batch, k: int):
                         batch)
 
 
-def train_step_fn(config: Config, graphdef, tx, schedule):
-    """The pure train step for this config: (state, batch) -> (state, metrics), not yet jitted."""
+def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | None = None):
+    """The pure train step for this config: (state, batch) -> (state, metrics), not yet jitted.
+
+    axis_name: under jax.pmap (gptjax.parallel's pmap path), the mapped axis whose devices each
+    hold a slice of the batch; gradients and losses are averaged over it (`lax.pmean`).
+    """
     k = config.optim.grad_accum
     z_loss = config.optim.z_loss
     use_dropout = config.model.dropout > 0.0
@@ -56,6 +60,8 @@ def train_step_fn(config: Config, graphdef, tx, schedule):
 
     def step(state: TrainState, batch):
         key = jax.random.fold_in(state.rng, state.step)
+        if axis_name is not None:  # each device's slice of the batch gets its own dropout masks
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         if k == 1:
             (_, (ce, z)), grads = grad_fn(state.params, graphdef, batch,
                                          dropout_key=key if use_dropout else None, z_loss=z_loss)
@@ -74,6 +80,8 @@ def train_step_fn(config: Config, graphdef, tx, schedule):
             (grads, (ce, z)), _ = jax.lax.scan(micro, zeros,
                                                (jnp.arange(k), _micro_batches(batch, k)))
             grads, ce, z = jax.tree.map(lambda x: x / k, (grads, ce, z))
+        if axis_name is not None:  # equal slices: the mean of their means is the batch's mean
+            grads, ce, z = jax.lax.pmean((grads, ce, z), axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": ce, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
