@@ -203,3 +203,35 @@ def test_check_batch():
         check_batch(tiny(), 3)
     with pytest.raises(ConfigError, match=r"not divisible by optim.grad_accum=3"):
         check_batch(tiny(grad_accum=3), 1)
+
+
+@pytest.mark.parametrize("name", ["quickstart", "shakespeare_char", "shakespeare_char_cpu",
+                                  "gpt2_124m"])
+def test_experiment_configs_are_valid(name):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.model.vocab_size = config.model.vocab_size or 65  # what the tokenizer would give
+    cfg = Config.from_dict(config)
+    assert cfg.data.seq_len <= cfg.model.max_len
+
+
+def test_shakespeare_cpu_is_nanogpts_recipe():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "shakespeare_char_cpu.py"
+    spec = importlib.util.spec_from_file_location("cpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    assert (c.model.num_layers, c.model.num_heads, c.model.d_model, c.data.seq_len,
+            c.data.batch_size, c.train.num_steps) == (4, 4, 128, 64, 12, 2000)
+    assert (c.optim.lr, c.optim.min_lr, c.optim.warmup_steps, c.optim.b2, c.optim.weight_decay,
+            c.optim.grad_clip, c.model.dropout, c.train.eval_steps) == (
+                1e-3, 1e-4, 100, 0.99, 0.1, 1.0, 0.0, 20)

@@ -1,0 +1,60 @@
+"""GPT-2 small (124M) pre-training for accelerators, after nanoGPT's config/train_gpt2.py:
+context 1024, ~0.5M tokens per step, lr 6e-4 -> 6e-5 cosine after 2000 warmup steps, beta2 0.95,
+weight decay 0.1, bf16 compute with fp32 parameters.
+
+    python -m experiments.train --config=configs/gpt2_124m.py --workdir=gs://BUCKET/gpt2_124m \
+        --config.data.tokenizer=/path/to/gpt2   # a folder with vocab.json + merges.txt
+
+Data: OpenWebText (nanoGPT's choice) is not in the TFDS catalog, so the default is C4
+('c4/en', web text, TFDS catalog). gptjax reads TFDS datasets as array_record, so prepare it once
+where the run can read it (`tfds build c4/en --file_format=array_record --data_dir=DIR`, which
+needs Apache Beam and a few TB of scratch) and pass --config.data.data_dir=DIR. Any local text
+works too: --config.data.dataset=text_file --config.data.text_file=PATH (e.g. OpenWebText
+exported to .txt files).
+"""
+
+from gptjax.config import default_config
+
+
+def get_config():
+    config = default_config()
+
+    # GPT-2 small; the vocabulary is padded from 50257 to 50304 (a multiple of 64) for fast
+    # matmuls, as nanoGPT does; the extra rows are never targets.
+    config.model.vocab_size = 50304
+    config.model.max_len = 1024
+    config.model.num_layers = 12
+    config.model.num_heads = 12
+    config.model.d_model = 768
+    config.model.dropout = 0.0
+    config.model.attention = "xla"  # "cudnn" on GPUs
+    config.model.dtype = "bfloat16"
+    config.model.param_dtype = "float32"
+    config.model.remat = False
+
+    config.data.dataset = "c4/en"
+    config.data.tokenizer = "gpt2"  # or a GPT-2 tokenizer folder
+    config.data.seq_len = 1024
+    config.data.batch_size = 512  # 524,288 tokens per step (nanoGPT: 491,520)
+
+    config.optim.lr = 6e-4
+    config.optim.min_lr = 6e-5
+    config.optim.schedule = "cosine"
+    config.optim.warmup_steps = 2000
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.95
+    config.optim.weight_decay = 0.1
+    config.optim.grad_clip = 1.0
+    config.optim.grad_accum = 1  # raise it when 512 x 1024 tokens do not fit in the devices
+
+    config.train.num_steps = 600_000
+    config.train.eval_every = 1000
+    config.train.eval_steps = 20
+    config.train.log_every = 10
+    config.train.checkpoint_every = 2000
+    config.train.keep_checkpoints = 3
+    config.train.sample_tokens = 100
+
+    config.mesh.strategy = "jit"
+    config.mesh.data = -1  # every device data parallel; try mesh.fsdp for larger models
+    return config
