@@ -36,7 +36,7 @@ def process_rows(batch, process_index: int | None = None, process_count: int | N
 class Run:
     plan: Plan
     losses: list[float]
-    step_seconds: list[float]  # wall time of each step (compiled beforehand)
+    step_seconds: list[float]  # wall time of each step compiled beforehand
     state: object
     compile_seconds: float
     memory: dict  # per-device bytes: state shards, and the compiled step's own estimate
@@ -56,17 +56,24 @@ def run(config, batches, *, devices=None, plan: Plan | None = None) -> Run:
                                             axis_name=plan.axis_name), state)
     batches = [plan.put_batch(process_rows(b)) for b in batches]
     t0 = time.perf_counter()
-    compiled = step.lower(state, batches[0]).compile()  # compile once, outside the timings
+    if plan.strategy == "pmap" and jax.process_count() > 1:
+        # pmap's AOT executable expects global shapes across hosts; let the call compile
+        compiled, memory = step, {}
+        state, metrics = step(state, batches[0])
+        first = [float(metrics["loss"])]
+    else:
+        compiled = step.lower(state, batches[0]).compile()  # compile once, outside timings
+        memory, first = _compiled_memory(compiled), []
     compile_s = time.perf_counter() - t0
-    losses, times = [], []
-    for batch in batches:
+    losses, times = first, []
+    for batch in batches[len(first):]:
         t0 = time.perf_counter()
         state, metrics = compiled(state, batch)
         losses.append(float(metrics["loss"]))  # blocks: each step is timed whole
         times.append(time.perf_counter() - t0)
     per_device = device_bytes(state)
     memory = {"state_bytes_per_device_max": max(per_device.values()),
-              "state_bytes_total": sum(per_device.values()), **_compiled_memory(compiled)}
+              "state_bytes_total": sum(per_device.values()), **memory}
     return Run(plan, losses, times, state, compile_s, memory)
 
 
