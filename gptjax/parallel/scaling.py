@@ -89,3 +89,81 @@ def _compiled_memory(compiled) -> dict:
               "alias_size_in_bytes", "generated_code_size_in_bytes")
     return {f"compiled_{f}": int(getattr(analysis, f)) for f in fields
             if hasattr(analysis, f)}
+
+
+def strategies(num_devices: int) -> dict[str, dict]:
+    """The layouts worth comparing on `num_devices` devices: name -> config.mesh fields."""
+    n = num_devices
+    out = {"single device": dict(data=1)}
+    if n == 1:
+        return out
+    out.update({"pmap DP": dict(strategy="pmap"), "jit DP": dict(data=n),
+                "FSDP": dict(data=1, fsdp=n), "TP": dict(data=1, tensor=n)})
+    if n % 2 == 0 and n > 2:
+        out.update({"DP x TP": dict(data=2, tensor=n // 2),
+                    "FSDP x TP": dict(data=1, fsdp=2, tensor=n // 2)})
+    if n % 4 == 0 and n > 4:
+        out["DP x FSDP x TP"] = dict(data=2, fsdp=2, tensor=n // 4)
+    return out
+
+
+def benchmark(config, meshes: dict[str, dict], num_steps: int, log=print) -> list[dict]:
+    """Step time and per-device memory of `config` under each mesh; a row per strategy (or
+    the reason it cannot run)."""
+    import dataclasses as dc
+
+    from gptjax.config import ConfigError, MeshConfig
+
+    batches = synthetic_batches(config, num_steps + 1)
+    rows = []
+    for name, mesh in meshes.items():
+        cfg = dc.replace(config, mesh=MeshConfig(**{**dict(data=-1), **mesh}))
+        devices = jax.devices()[:1] if mesh == dict(data=1) else None
+        row = {"strategy": name, "mesh": mesh}
+        try:
+            result = run(cfg, batches, devices=devices)
+        except ConfigError as e:
+            row["skipped"] = str(e)
+            log(f"{name}: skipped: {e}")
+            rows.append(row)
+            continue
+        steps = result.step_seconds[1:] or result.step_seconds  # drop the first (warm-up) run
+        tokens = config.data.batch_size * config.data.seq_len
+        mem = result.memory
+        peak = sum(mem.get(f"compiled_{k}_size_in_bytes", 0)
+                   for k in ("argument", "output", "temp")) - mem.get(
+                       "compiled_alias_size_in_bytes", 0)
+        row.update({
+            "layout": str(result.plan), "devices": int(result.plan.mesh.devices.size),
+            "compile_s": round(result.compile_seconds, 2),
+            "step_ms_median": round(1e3 * float(np.median(steps)), 2),
+            "step_ms_min": round(1e3 * float(np.min(steps)), 2),
+            "tokens_per_s": round(tokens / float(np.median(steps)), 1),
+            "state_mib_per_device": round(mem["state_bytes_per_device_max"] / 2**20, 3),
+            "xla_temp_mib_per_device": round(mem.get("compiled_temp_size_in_bytes", 0) / 2**20,
+                                             3),
+            "xla_peak_mib_per_device": round(peak / 2**20, 3) if peak else None,
+            "final_loss": round(result.losses[-1], 6), "losses": result.losses})
+        log(f"{name}: {row['step_ms_median']} ms/step, {row['state_mib_per_device']} MiB state "
+            f"per device, compile {row['compile_s']} s")
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], title: str, notes: str = "") -> str:
+    """The benchmark's rows as a Markdown page."""
+    lines = [f"# {title}", "", notes, "",
+             "| strategy | mesh | ms/step (median) | tokens/s | state MiB/device | "
+             "XLA temp MiB/device | XLA peak MiB/device | compile s | final loss |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['strategy']} | {r['mesh']} | skipped: {r['skipped']} |"
+                         " | | | | | |")
+            continue
+        lines.append(
+            f"| {r['strategy']} | {r['layout'].split(': ', 1)[-1]} | {r['step_ms_median']} | "
+            f"{r['tokens_per_s']:,.0f} | {r['state_mib_per_device']} | "
+            f"{r['xla_temp_mib_per_device']} | {r['xla_peak_mib_per_device']} | "
+            f"{r['compile_s']} | {r['final_loss']} |")
+    return "\n".join(lines) + "\n"
