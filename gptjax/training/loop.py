@@ -143,10 +143,11 @@ def train(config, workdir: str | os.PathLike, *, data=None,
                  "(unknown chip; set train.peak_flops)")
 
     def evaluate(params) -> dict[str, float]:
-        losses = [eval_step(params, plan.put_batch(b))["loss"]
-                  for b in data.val_batches(tcfg.eval_steps)]
-        loss = float(np.mean(jax.device_get(losses)))
-        return {"val_loss": loss, "val_perplexity": float(math.exp(min(loss, 80.0)))}
+        ms = jax.device_get([eval_step(params, plan.put_batch(b))
+                             for b in data.val_batches(tcfg.eval_steps)])
+        loss = float(np.mean([m["loss"] for m in ms]))
+        return {"val_loss": loss, "val_perplexity": float(math.exp(min(loss, 80.0))),
+                "val_accuracy": float(np.mean([m["accuracy"] for m in ms]))}
 
     def sample(params, step: int) -> str | None:
         if not tcfg.sample_tokens:

@@ -19,15 +19,26 @@ from gptjax.training.state import TrainState
 def cross_entropy(logits, targets, z_loss: float = 0.0):
     """(mean token cross-entropy, mean z-loss term), in float32.
 
-    logits: [batch, seq, vocab]; targets: [batch, seq]. The z-loss (PaLM) is z_loss * log(Z)^2,
-    which keeps the softmax normaliser near 1.
+    logits: [batch, seq, vocab]; targets: [batch, seq], negative where a position is not scored
+    (e.g. MQAR's non-query tokens). The z-loss (PaLM) is z_loss * log(Z)^2, which keeps the
+    softmax normaliser near 1.
     """
     logits = logits.astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+    scored = targets >= 0
+    count = jnp.maximum(scored.sum(), 1)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(scored, targets, 0))
+    ce = jnp.sum(jnp.where(scored, ce, 0.0)) / count
     if not z_loss:
         return ce, jnp.zeros((), jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)
-    return ce, z_loss * jnp.mean(jnp.square(log_z))
+    return ce, z_loss * jnp.sum(jnp.where(scored, jnp.square(log_z), 0.0)) / count
+
+
+def accuracy(logits, targets):
+    """Fraction of scored positions (targets >= 0) whose argmax is the target."""
+    scored = targets >= 0
+    hits = (jnp.argmax(logits, axis=-1) == targets) & scored
+    return hits.sum() / jnp.maximum(scored.sum(), 1)
 
 
 def loss_fn(params, graphdef, batch, *, dropout_key=None, z_loss: float = 0.0):
@@ -103,12 +114,12 @@ def make_train_step(config: Config, graphdef, tx, schedule, *, state_sharding=No
 
 
 def eval_step_fn(graphdef):
-    """The pure eval step: (params, batch) -> {'loss': mean cross-entropy}."""
+    """The pure eval step: (params, batch) -> {'loss': mean cross-entropy, 'accuracy'}."""
 
     def step(params, batch):
         logits = apply(graphdef, params, batch["inputs"], deterministic=True)
         ce, _ = cross_entropy(logits, batch["targets"])
-        return {"loss": ce}
+        return {"loss": ce, "accuracy": accuracy(logits, batch["targets"])}
 
     return step
 
