@@ -240,6 +240,8 @@ class Tokenizer:
                                     f"holding {EXPECTED_FILES}")
         if (folder / GPTJAX_FILE).is_file():
             return cls._from_gptjax_file(folder / GPTJAX_FILE)
+        if (folder / "tokenizer").is_dir() and (folder / "checkpoints").is_dir():
+            return cls.from_pretrained(folder / "tokenizer")  # a gptjax training run's workdir
         tok = _read_bpe(folder)
         if tok is not None:
             return cls._with_hf_special(_BPECodec(tok), folder)

@@ -21,4 +21,17 @@ def register_format(name: str, detect: Callable[[pathlib.Path], bool],
     FORMATS[name] = (detect, load)
 
 
+def _is_gptjax_run(folder: pathlib.Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "checkpoints").is_dir()
+
+
+def _load_gptjax_run(folder: pathlib.Path, **overrides):
+    from gptjax.training.checkpoint import load_model
+
+    return load_model(folder, **overrides)
+
+
+# A training run's workdir (config.json + orbax checkpoints/) loads its latest checkpoint.
+register_format("gptjax", _is_gptjax_run, _load_gptjax_run)
+
 __all__ = ["FORMATS", "register_format"]

@@ -104,3 +104,50 @@ def abstract_with_sharding(abstract_state, shardings):
     """ShapeDtypeStructs carrying the shardings a restored state should have."""
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract_state, shardings)
+
+
+def is_run(folder: str | os.PathLike) -> bool:
+    """A training run's workdir: the resolved config beside orbax checkpoints."""
+    folder = pathlib.Path(folder)
+    return (folder / "config.json").is_file() and (folder / "checkpoints").is_dir()
+
+
+def load_params(workdir: str | os.PathLike, step: int | None = None):
+    """(Config, params) of a run's checkpoint at `step` (default: the latest), on one device."""
+    import json
+
+    from gptjax.training.optim import make_optimizer
+    from gptjax.training.state import init_state
+
+    workdir = pathlib.Path(workdir)
+    cfg = Config.from_dict(json.loads((workdir / "config.json").read_text()))
+    ckpt_dir = workdir / "checkpoints"
+    step = latest_step(ckpt_dir) if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{ckpt_dir} holds no finished checkpoint; train first (or wait "
+                                "for the run's first checkpoint_every steps)")
+    tx, _ = make_optimizer(cfg.optim, cfg.train.num_steps)
+    abstract = jax.eval_shape(lambda: init_state(cfg.model, tx, cfg.train.seed))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = abstract_with_sharding(abstract, jax.tree.map(lambda _: device, abstract))
+    manager = ocp.CheckpointManager(ckpt_dir.absolute(),
+                                    item_handlers={"state": ocp.StandardCheckpointHandler()})
+    try:
+        state = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract)))["state"]
+    finally:
+        manager.close()
+    return cfg, state.params
+
+
+def load_model(workdir: str | os.PathLike, step: int | None = None, **overrides):
+    """The GPT of a run's checkpoint; `overrides` replace model config fields (e.g. attention)."""
+    import dataclasses
+
+    from flax import nnx
+
+    from gptjax.training.state import graphdef_of
+
+    cfg, params = load_params(workdir, step)
+    model_cfg = dataclasses.replace(cfg.model, **overrides)
+    return nnx.merge(graphdef_of(model_cfg), params)
