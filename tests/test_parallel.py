@@ -152,6 +152,29 @@ def test_activation_constraints_only_under_a_plan():
     assert '[{"data"}, {}, {"tensor"}]' in planned  # MLP hidden / logits: over TP
 
 
+def test_shardings_found_for_plain_dict_optimizer_state():
+    """Params that lost their nnx.Variable wrappers (pure dicts) still shard by path."""
+    import optax
+    from flax import nnx
+
+    from gptjax.model import GPT, split
+    from gptjax.parallel import logical_axes, tree_shardings
+
+    cfg = tiny(dict(data=2, fsdp=2, tensor=2))
+    _, params = split(nnx.eval_shape(lambda: GPT(cfg.model, rngs=nnx.Rngs(0))))
+    pure = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), params.to_pure_dict())
+    state = {"params": pure, "opt": optax.adamw(1e-3).init(pure), "step": np.zeros((), np.int32)}
+    shardings = tree_shardings(state, make_plan(cfg).mesh, logical=logical_axes(params))
+    fc = ("blocks", 0, "mlp", "fc")
+    get = lambda tree: tree[fc[0]][fc[1]][fc[2]][fc[3]]  # noqa: E731
+    assert get(shardings["params"])["kernel"].spec == P("fsdp", "tensor")
+    assert get(shardings["opt"][0].mu)["kernel"].spec == P("fsdp", "tensor")
+    assert get(shardings["opt"][0].nu)["bias"].spec == P("tensor")
+    assert shardings["params"]["wte"]["embedding"].spec == P("tensor", "fsdp")
+    assert shardings["params"]["wpe"]["embedding"].spec == P(None, "fsdp")
+    assert shardings["step"].spec == P() and shardings["opt"][0].count.spec == P()
+
+
 def test_mesh_from_config():
     from gptjax.config import MeshConfig
 

@@ -72,23 +72,36 @@ def logical_spec_tree(tree, logical: dict | None = None):
     Variables answer from their metadata; other leaves whose path ends with a path in `logical`
     (and whose rank matches) inherit those names, so optax states over plain dicts line up.
     """
-    logical = dict(logical or {})
+    index = _suffix_index(logical or {})
 
     def leaf(path, x):
         if _is_var(x):
             names = x.get_metadata().get("out_sharding")
             return x.replace(Names(tuple(names) if names else None))
         ndim = len(getattr(x, "shape", ()))
-        if ndim == 0 or not logical:
+        if ndim == 0 or not index:
             return Names(None)
         key = path_key(path)
-        for start in range(len(key)):
-            names = logical.get(key[start:])
+        for start in range(len(key)):  # longest suffix first
+            names = index.get(key[start:])
             if names is not None and len(names) == ndim:
                 return Names(names)
         return Names(None)
 
     return jax.tree_util.tree_map_with_path(leaf, tree, is_leaf=_is_var)
+
+
+def _suffix_index(logical: dict) -> dict:
+    """{path suffix: names} for every suffix of every path that names one set of axes only."""
+    index: dict = {}
+    for key, names in logical.items():
+        for start in range(len(key)):
+            suffix = key[start:]
+            index[suffix] = names if index.get(suffix, names) == names else _AMBIGUOUS
+    return {k: v for k, v in index.items() if v is not _AMBIGUOUS}
+
+
+_AMBIGUOUS = object()
 
 
 def tree_shardings(tree, mesh: Mesh, rules: Rules = DEFAULT_RULES, logical: dict | None = None):

@@ -163,8 +163,7 @@ def make_plan(config, devices=None, rules: Rules = DEFAULT_RULES, *,
                 f"mesh.strategy='pmap' is data parallel only, but mesh.fsdp={mesh_cfg.fsdp} and "
                 f"mesh.tensor={mesh_cfg.tensor}; use mesh.strategy='jit' for FSDP/tensor "
                 "parallelism, or set both to 1")
-        mesh_cfg = dataclasses.replace(mesh_cfg, data=-1)
-    mesh = make_mesh(mesh_cfg, devices)
+    mesh = make_mesh(mesh_cfg, devices)  # pmap: mesh.data devices (-1: all)
     plan = Plan(config.mesh.strategy, mesh, rules)
     if plan.strategy == "jit":
         sh.check_model(config.model, mesh, rules)
