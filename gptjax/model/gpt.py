@@ -59,6 +59,13 @@ class Block(nnx.Module):
         return constrain(x, ("batch", "seq", "embed")), cache
 
 
+def lookup(embed: nnx.Embed, ids, table_axes):
+    """embed(ids), with the table read whole along d_model: FSDP gathers it before the lookup
+    (a no-op off a mesh), so the output splits by batch like every activation, not by feature."""
+    table = constrain(embed.embedding[...], table_axes)
+    return jnp.take(table.astype(embed.dtype or table.dtype), ids, axis=0)
+
+
 class GPT(nnx.Module):
     """A decoder-only Transformer language model. `GPT(ModelConfig(...), rngs=nnx.Rngs(0))`."""
 
@@ -104,9 +111,9 @@ class GPT(nnx.Module):
         b, t = tokens.shape
         if positions_ is None:
             positions_ = jnp.broadcast_to(jnp.arange(t) + cache_index, (b, t))
-        x = self.wte(tokens)
+        x = lookup(self.wte, tokens, ("vocab", None))
         if cfg.position == "learned":
-            x = x + self.wpe(positions_)
+            x = x + lookup(self.wpe, positions_, (None, None))
         elif cfg.position == "sinusoidal":
             x = x + positions.sinusoidal(positions_, cfg.d_model, x.dtype)
         x = constrain(self.embed_dropout(x, deterministic=deterministic, rngs=rngs),
