@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from gptjax.generation import processors as procs
-from gptjax.generation.decoding import TRACES, Spec, decode_step, prefill
+from gptjax.generation.decoding import TRACES, Spec, decode_step, lm_head, prefill
 
 BIG = 1.0e9
 
@@ -44,7 +44,8 @@ def beam_search_loop(graphdef, params, prompt, valid, start, max_slot, eos_ids, 
     max_new = max_slot - p  # Hugging Face's max_length - decoder_prompt_len
     denom = values["length_denominators"]  # [cache_len + 1]: float32(n ** length_penalty)
 
-    logits, cache, kv_valid, num_pad = prefill(graphdef, params, prompt, valid, length)
+    head = lm_head(graphdef, params)
+    logits, cache, kv_valid, num_pad = prefill(graphdef, params, head, prompt, valid, length)
     # Every beam of a prompt starts from the same prefill: repeat it num_beams times.
     logits, kv_valid, num_pad = (jnp.repeat(x, k, axis=0) for x in (logits, kv_valid, num_pad))
     cache = jax.tree.map(lambda c: jnp.repeat(c, k, axis=0), cache)
@@ -138,8 +139,8 @@ def beam_search_loop(graphdef, params, prompt, valid, start, max_slot, eos_ids, 
         flat_source = (jnp.arange(batch)[:, None] * k + s["source"]).reshape(rows)
         cache = jax.tree.map(lambda c: jnp.take(c, flat_source, axis=0), cache)
         last = s["running"][:, :, s["cur"] - 1].reshape(rows)
-        logits, cache = decode_step(graphdef, params, last, s["cur"] - 1, num_pad, kv_valid,
-                                    cache)
+        logits, cache = decode_step(graphdef, params, head, last, s["cur"] - 1, num_pad,
+                                    kv_valid, cache)
         return s, logits, cache
 
     state = jax.lax.while_loop(lambda c: ~c[0]["done"], body, (state, logits, cache))[0]
