@@ -36,4 +36,6 @@ def get_config():
     config.train.checkpoint_every = 400
     config.train.sample_tokens = 200
     config.train.sample_prompt = "The "
+
+    config.mesh.cpu_devices = -1  # a CPU host: data parallel over one JAX device per core
     return config

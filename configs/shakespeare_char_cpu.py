@@ -41,4 +41,6 @@ def get_config():
     config.train.log_every = 50
     config.train.checkpoint_every = 1000
     config.train.sample_tokens = 200
+
+    config.mesh.cpu_devices = -1  # a CPU host: data parallel over one JAX device per core
     return config

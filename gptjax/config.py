@@ -236,8 +236,15 @@ class MeshConfig:
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    # CPU hosts: how many JAX devices to make of the cores, for data parallelism across them
+    # (0: JAX's default, one device; -1: one per core, as many as divide the batch). Applies
+    # when JAX has not started yet (gptjax.training.host).
+    cpu_devices: int = 0
 
     def validate(self) -> None:
+        if not isinstance(self.cpu_devices, int) or self.cpu_devices < -1:
+            _fail("mesh.cpu_devices", self.cpu_devices,
+                  "must be a non-negative integer, or -1 for one per core")
         if self.strategy not in ("jit", "pmap"):
             _fail("mesh.strategy", self.strategy, "choose 'jit' or 'pmap'")
         sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}

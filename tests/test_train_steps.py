@@ -235,3 +235,16 @@ def test_shakespeare_cpu_is_nanogpts_recipe():
     assert (c.optim.lr, c.optim.min_lr, c.optim.warmup_steps, c.optim.b2, c.optim.weight_decay,
             c.optim.grad_clip, c.model.dropout, c.train.eval_steps) == (
                 1e-3, 1e-4, 100, 0.99, 0.1, 1.0, 0.0, 20)
+
+
+def test_cpu_device_count():
+    from gptjax.training.host import cpu_device_count, use_cpu_devices
+
+    assert cpu_device_count(0, 12, cores=2) == 1
+    assert cpu_device_count(-1, 12, cores=2) == 2
+    assert cpu_device_count(-1, 12, cores=8) == 6  # the most devices that divide the batch
+    assert cpu_device_count(-1, 7, cores=4) == 1
+    assert cpu_device_count(3, 12, cores=2) == 3
+    assert use_cpu_devices(-1, 12) is None  # JAX has started in this process: left alone
+    with pytest.raises(ConfigError, match=r"mesh.cpu_devices=-2"):
+        Config.from_dict(dict(mesh=dict(cpu_devices=-2)))

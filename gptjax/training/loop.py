@@ -23,11 +23,13 @@ from typing import Any, Callable, Iterable, Mapping
 import jax
 import numpy as np
 from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from gptjax.config import Config, ConfigError
 from gptjax.parallel import make_plan
 from gptjax.training import checkpoint as ckpt_lib
+from gptjax.training import host
 from gptjax.training import metrics as metrics_lib
 from gptjax.training.optim import make_optimizer
 from gptjax.training.sample import sample_text
@@ -90,6 +92,9 @@ def train(config, workdir: str | os.PathLike, *, data=None,
     workdir = pathlib.Path(workdir)
     from gptjax.data import build_data  # late: TFDS is a slow import
 
+    # Before anything starts JAX (build_data asks for the process index).
+    host.use_cpu_devices(cfg.mesh.cpu_devices, cfg.data.batch_size // cfg.optim.grad_accum)
+
     if data is None:
         data = build_data(cfg, process_index=jax.process_index(),
                           process_count=jax.process_count())
@@ -109,8 +114,10 @@ def train(config, workdir: str | os.PathLike, *, data=None,
     init = functools.partial(init_state, cfg.model, tx, tcfg.seed)
     abstract = jax.eval_shape(init)
     state_sharding = plan.shardings(abstract)
-    train_step = plan.compile_train(
-        train_step_fn(cfg, graphdef, tx, schedule, axis_name=plan.axis_name), abstract)
+    train_step = _compile_on_leaves(
+        plan, train_step_fn(cfg, graphdef, tx, schedule, axis_name=plan.axis_name), abstract,
+        state_sharding)
+    treedef = jax.tree.structure(abstract)
     eval_step = plan.compile_eval(eval_step_fn(graphdef), abstract.params)
 
     is_main = jax.process_index() == 0
@@ -169,17 +176,24 @@ def train(config, workdir: str | os.PathLike, *, data=None,
                 dynamic_ncols=True)
     pending: list = []  # device metrics since the last log line
     window_steps, window_time, t0 = 0, 0.0, time.perf_counter()
+    leaves = jax.tree.leaves(state)  # the hot loop carries the state as a flat list of arrays
+
+    def current():
+        return state if state is not None else jax.tree.unflatten(treedef, leaves)
+
     try:
         if start >= tcfg.num_steps:
             logging.info("%s is already at step %d >= train.num_steps", workdir, start)
             final.update(evaluate(state.params))
         for step in range(start + 1, tcfg.num_steps + 1):  # step: the count after this update
             batch = plan.put_batch(next(data.train))
-            state, m = train_step(state, batch)
+            leaves, m = train_step(leaves, batch)
+            state = None  # its arrays were donated to the step
             pending.append(m)
             if step == start + 1:  # the first step compiles: keep it out of tokens/s
                 jax.block_until_ready(m)
-                logging.info("first step (compile + run): %.1f s", time.perf_counter() - t0)
+                final["first_step_seconds"] = time.perf_counter() - t0
+                logging.info("first step (compile + run): %.1f s", final["first_step_seconds"])
                 pending, t0 = [m], time.perf_counter()
                 window_steps = 0
             else:
@@ -210,8 +224,9 @@ def train(config, workdir: str | os.PathLike, *, data=None,
                 t0 = time.perf_counter()
             paused = False
             if step % tcfg.eval_every == 0 or last:
-                window_time += _pause(t0, state)
+                window_time += _pause(t0, leaves)
                 paused = True
+                state = current()
                 row.update(evaluate(state.params))
                 logging.info("step %d | val loss %.4f | val perplexity %.2f", step,
                              row["val_loss"], row["val_perplexity"])
@@ -219,8 +234,9 @@ def train(config, workdir: str | os.PathLike, *, data=None,
                 if text is not None:
                     final["sample"] = text
             elif tcfg.sample_every and step % tcfg.sample_every == 0:
-                window_time += _pause(t0, state)
+                window_time += _pause(t0, leaves)
                 paused = True
+                state = current()
                 text = sample(state.params, step)
                 if text is not None:
                     final["sample"] = text
@@ -230,9 +246,9 @@ def train(config, workdir: str | os.PathLike, *, data=None,
                 final["step"] = step
             if step % tcfg.checkpoint_every == 0 or last:
                 if not paused:
-                    window_time += _pause(t0, state)
+                    window_time += _pause(t0, leaves)
                     paused = True
-                checkpoints.save(step, state, data.train, cfg)
+                checkpoints.save(step, current(), data.train, cfg)
             if paused:
                 t0 = time.perf_counter()
             for callback in callbacks:
@@ -244,7 +260,28 @@ def train(config, workdir: str | os.PathLike, *, data=None,
     return final
 
 
-def _pause(t0: float, state) -> float:
+def _pause(t0: float, leaves) -> float:
     """Training time since t0, counted once the dispatched steps have finished."""
-    jax.block_until_ready(state.step)
+    jax.block_until_ready(leaves)
     return time.perf_counter() - t0
+
+
+def _compile_on_leaves(plan, step_fn, abstract, state_sharding):
+    """step_fn compiled to take and return the TrainState's leaves (a flat list of arrays).
+
+    jit flattens a list of arrays in C++, but every nnx Variable of a TrainState costs Python
+    calls to flatten and rebuild: a few ms per step, which on a CPU host is taken from the cores
+    that compute the step.
+    """
+    treedef = jax.tree.structure(abstract)
+
+    def on_leaves(leaves, batch):
+        state, metrics = step_fn(jax.tree.unflatten(treedef, leaves), batch)
+        return jax.tree.leaves(state), metrics
+
+    if plan.strategy == "pmap":
+        return plan.compile_train(on_leaves, jax.tree.leaves(abstract))
+    leaf_shardings = jax.tree.leaves(state_sharding)
+    return plan.jit(on_leaves, in_shardings=(leaf_shardings, plan.batch_sharding()),
+                    out_shardings=(leaf_shardings, NamedSharding(plan.mesh, PartitionSpec())),
+                    donate_argnums=0)
