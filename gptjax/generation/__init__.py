@@ -18,7 +18,7 @@ import numpy as np
 
 from gptjax.generation import processors
 from gptjax.generation.beam import beam_search_loop
-from gptjax.generation.config import (GenerationConfig, GenerationError, bucket,
+from gptjax.generation.config import (GenerationConfig, GenerationError, bucket, cache_bucket,
                                       load_generation_defaults, model_defaults, prepare_inputs,
                                       resolve_lengths)
 from gptjax.generation.decoding import (TRACES, Spec, _STREAM_SINK, decode_step, lm_head,
@@ -70,11 +70,11 @@ def generate(model, input_ids, *, attention_mask=None, streamer=None, **kwargs) 
         mask = np.repeat(mask, config.num_return_sequences, axis=0)
 
     # Static shapes: the prompt goes to the right end of a bucketed width P.
-    width = bucket(prompt_len, minimum=32)
+    width = bucket(prompt_len)
     start = width - prompt_len
     # Slots needed: width + new tokens. Bound them by what the caller fixed (max_new_tokens, or
     # max_length, which includes the prompt) so every prompt in the bucket shares the program.
-    cache_len = bucket(width + (config.max_new_tokens or max_length))
+    cache_len = cache_bucket(width + (config.max_new_tokens or max_length))
     prompt = np.zeros((ids.shape[0], width), np.int32)
     prompt[:, start:] = ids
     valid = np.zeros(prompt.shape, bool)

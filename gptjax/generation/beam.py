@@ -132,16 +132,61 @@ def beam_search_loop(graphdef, params, prompt, valid, start, max_slot, eos_ids, 
                     cur=cur, done=done, source=source)
 
     def body(carry):
-        s, logits, cache = carry
+        s, logits, cache, rows_of = carry
         s = step(logits, s)
-        # The KV cache rows follow their beams. The last iteration's forward is wasted (one step
-        # in N) but keeps a single copy of `step` in the program, which halves compile time.
-        flat_source = (jnp.arange(batch)[:, None] * k + s["source"]).reshape(rows)
-        cache = jax.tree.map(lambda c: jnp.take(c, flat_source, axis=0), cache)
-        last = s["running"][:, :, s["cur"] - 1].reshape(rows)
-        logits, cache = decode_step(graphdef, params, head, last, s["cur"] - 1, num_pad,
-                                    kv_valid, cache)
-        return s, logits, cache
+        # The KV cache follows the beams without a full gather: see `place`.
+        rows_of, dst, src, copies = place(rows_of, s["source"])
+        cache = copy_rows(cache, dst, src, copies)
+        # Physical row r holds the logical beam inverse[r]; feed it that beam's last token.
+        inverse = jnp.argsort(rows_of, axis=1)
+        last = jnp.take_along_axis(s["running"][:, :, s["cur"] - 1], inverse, axis=1)
+        logits, cache = decode_step(graphdef, params, head, last.reshape(rows), s["cur"] - 1,
+                                    num_pad, kv_valid, cache)
+        # The last iteration's forward is wasted (one step in N) but keeps a single copy of
+        # `step` in the program, which halves compile time.
+        logits = jnp.take_along_axis(logits.reshape(batch, k, -1), rows_of[:, :, None], axis=1)
+        return s, logits.reshape(rows, -1), cache, rows_of
 
-    state = jax.lax.while_loop(lambda c: ~c[0]["done"], body, (state, logits, cache))[0]
+    identity = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (batch, k))
+    carry = (state, logits, cache, identity)
+    state = jax.lax.while_loop(lambda c: ~c[0]["done"], body, carry)[0]
     return state["sequences"], state["lengths"]
+
+
+def place(rows_of, source):
+    """Where each new running beam's KV cache lives, moving as few cache rows as possible.
+
+    rows_of: [batch, k] the cache row (within its prompt's k rows) of each running beam;
+    source: [batch, k] the running beam each new beam continues. Beam search reorders beams
+    every step, but most new beams are the only continuation of their parent: those take over
+    the parent's row where it is. Only a second child of a parent needs a copy of it, into the
+    row of a parent that has no child. Returns (new rows_of, copy destinations, sources (both
+    flat row indices, [batch * k], valid ones first), number of copies).
+    """
+    batch, k = source.shape
+    parent = jnp.take_along_axis(rows_of, source, axis=1)  # [batch, k] row of each new beam
+    earlier = jnp.tril(jnp.ones((k, k), bool), -1)  # earlier[i, j]: j < i
+    same = parent[:, :, None] == parent[:, None, :]
+    first = ~jnp.any(same & earlier, axis=-1)  # the first child keeps its parent's row
+    free = ~jnp.any(parent[:, :, None] == jnp.arange(k)[None, None, :], axis=1)  # [batch, k]
+    # the n-th extra child gets the n-th free row
+    need_rank = jnp.cumsum(~first, axis=1) - 1
+    free_rank = jnp.where(free, jnp.cumsum(free, axis=1) - 1, k)
+    free_row = jnp.argmax(free_rank[:, None, :] == need_rank[:, :, None], axis=-1)
+    new_rows = jnp.where(first, parent, free_row).astype(jnp.int32)
+    offset = (jnp.arange(batch) * k)[:, None]
+    copy = (~first).reshape(-1)
+    order = jnp.argsort(~copy, stable=True)  # copies first
+    dst = (new_rows + offset).reshape(-1)[order]
+    src = (parent + offset).reshape(-1)[order]
+    return new_rows, dst, src, jnp.sum(copy)
+
+
+def copy_rows(cache, dst, src, n):
+    """cache rows dst[i] <- src[i] for i < n, in place (no destination is also a source)."""
+
+    def one(i, cache):
+        return jax.tree.map(lambda c: jax.lax.dynamic_update_slice_in_dim(
+            c, jax.lax.dynamic_slice_in_dim(c, src[i], 1, axis=0), dst[i], axis=0), cache)
+
+    return jax.lax.fori_loop(0, n, one, cache)

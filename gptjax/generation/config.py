@@ -240,12 +240,18 @@ def prepare_inputs(input_ids, attention_mask, config: GenerationConfig, vocab_si
     return ids.astype(np.int32), mask
 
 
-def bucket(n: int, minimum: int = 16) -> int:
-    """Static size for n: a power of two up to 256, then a multiple of 256, so that lengths within
-    a bucket share one compiled program."""
+def bucket(n: int, minimum: int = 32) -> int:
+    """Static prompt width for n tokens: a power of two up to 256, then a multiple of 256, so
+    that prompts of similar lengths share one compiled program."""
     if n <= 256:
         return max(minimum, 1 << (max(n, 1) - 1).bit_length())
     return -(-n // 256) * 256
+
+
+def cache_bucket(n: int, step: int = 32) -> int:
+    """Static KV-cache length for n slots: a multiple of `step`. Finer than `bucket` because every
+    decode step reads (and beam search copies) the whole cache."""
+    return max(step, -(-n // step) * step)
 
 
 def resolve_lengths(config: GenerationConfig, prompt_len: int, model_cfg) -> tuple[int, int]:
