@@ -190,16 +190,37 @@ def test_unknown_option_is_a_type_error(gpt2):
         generate(gpt2, PROMPT, num_beam=5)
 
 
-def test_article_example(gpt2):
-    """The background article's example, in gptjax form, on the tiny GPT-2 fixture."""
+def test_generate_text_for_the_cli(gpt2):
+    """The CLI's library half: prompts in, per-output ids (no padding, cut after eos) and text."""
     from gptjax import Tokenizer
+    from gptjax.generation.text import defaults_for, generate_text
 
-    case = next(c for c in CASES if c["name"].startswith("article"))
+    tokenizer = Tokenizer.from_pretrained(FOLDER)
+    assert defaults_for(FOLDER, tokenizer)["eos_token_id"] == 0  # generation_config.json
+    eos = json.loads((GOLDEN / "generation.json").read_text())["eos_token_id"]
+    prompts = ["Speak, speak.", "You are all"]
+    results = generate_text(gpt2, tokenizer, prompts, max_length=50, eos_token_id=eos)
+    assert [r["prompt"] for r in results] == [0, 1]
+    for r, prompt in zip(results, prompts):
+        ids = tokenizer.encode(prompt)
+        assert r["ids"][:len(ids)] == ids and r["text"].startswith(prompt)
+        assert eos not in r["ids"][len(ids):-1]  # nothing after an eos
+        assert len(r["ids"]) <= 50 - (max(map(len, map(tokenizer.encode, prompts))) - len(ids))
+    with pytest.raises(GenerationError, match="no tokens"):
+        generate_text(gpt2, tokenizer, [""], max_length=50)
+
+
+def test_article_example():
+    """The background article's example, in gptjax form and as the README writes it: the same
+    ids as transformers on the tiny GPT-2 fixture (its eos id comes from the folder)."""
+    from gptjax import GPT, Tokenizer
+
+    case = next(c for c in CASES if c["name"] == "article")
+    model = GPT.from_pretrained(FOLDER)
     tokenizer = Tokenizer.from_pretrained(FOLDER)
     input_ids = tokenizer.encode("The quick brown fox jumps over the")
     assert [input_ids] == case["input_ids"]
-    output = gpt2.generate(input_ids, max_length=50, num_beams=5, no_repeat_ngram_size=2,
-                           eos_token_id=case["kwargs"]["eos_token_id"])
+    output = model.generate(input_ids, max_length=50, num_beams=5, no_repeat_ngram_size=2)
     np.testing.assert_array_equal(output, case["output"])
     text = tokenizer.decode(output[0], skip_special_tokens=True)
     assert text.startswith("The quick brown fox jumps over the")

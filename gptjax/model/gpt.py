@@ -177,10 +177,21 @@ class GPT(nnx.Module):
     # Hugging Face-style conveniences; the work is done in gptjax.interop and gptjax.generation.
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "GPT":
-        """Load a Hugging Face GPT-2 folder (config.json + model.safetensors)."""
+        """Load a Hugging Face GPT-2 folder (config.json + model.safetensors).
+
+        The folder's generation defaults (generation_config.json: eos/pad ids...) become
+        `model.generation_config`, which `generate` reads as transformers does.
+        """
+        import pathlib
+
+        from gptjax.generation import GenerationConfig, load_generation_defaults
         from gptjax.interop import hf
 
-        return hf.load_gpt(path, **kwargs)
+        model = hf.load_gpt(path, **kwargs)
+        folder = pathlib.Path(path).expanduser()
+        if folder.is_dir() and isinstance(model, GPT):
+            model.generation_config = GenerationConfig.build(load_generation_defaults(folder), {})
+        return model
 
     def save_pretrained(self, path) -> None:
         """Write a folder that transformers' GPT2LMHeadModel.from_pretrained loads."""

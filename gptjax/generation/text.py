@@ -1,0 +1,60 @@
+"""Text in, text out: prompts through a tokenizer, `generate`, and back (the CLI's library half)."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Sequence
+
+import numpy as np
+
+from gptjax.generation.config import GenerationError, load_generation_defaults
+
+
+def defaults_for(checkpoint, tokenizer) -> dict[str, Any]:
+    """Generation defaults of a checkpoint folder (its generation_config.json / config.json),
+    with the tokenizer's eos and pad ids where the folder names none."""
+    folder = pathlib.Path(checkpoint)
+    defaults = load_generation_defaults(folder) if folder.is_dir() else {}
+    if defaults.get("eos_token_id") is None and tokenizer.eos_token_id is not None:
+        defaults["eos_token_id"] = tokenizer.eos_token_id
+    if defaults.get("pad_token_id") is None and tokenizer.pad_token_id is not None:
+        defaults["pad_token_id"] = tokenizer.pad_token_id
+    return defaults
+
+
+def generate_text(model, tokenizer, prompts: Sequence[str], *, streamer=None,
+                  **options) -> list[dict[str, Any]]:
+    """Encode `prompts`, generate (options as `generate`'s), decode.
+
+    Returns one dict per output sequence, in order (prompt i's num_return_sequences outputs
+    side by side): {'prompt': i, 'ids': prompt + new ids (no padding), 'text': the decoded ids,
+    special tokens skipped, 'new_text': the continuation alone}.
+    """
+    from gptjax.generation import generate
+
+    if not prompts:
+        raise GenerationError("no prompt given: pass --prompt TEXT or --prompt_file PATH")
+    encoded = [tokenizer.encode(p) for p in prompts]
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise GenerationError(f"prompt {i} ({prompts[i]!r}) encodes to no tokens; give it "
+                                  "some text")
+    out = generate(model, encoded if len(encoded) > 1 else encoded[0], streamer=streamer,
+                   **options)
+    width = max(len(ids) for ids in encoded)
+    per_prompt = out.shape[0] // len(encoded)
+    eos = options.get("eos_token_id")
+    eos = set(np.atleast_1d(eos).tolist()) if eos is not None else set()
+    results = []
+    for row_index, row in enumerate(out):
+        i = row_index // per_prompt
+        new = row[width:].tolist()
+        for j, token in enumerate(new):
+            if token in eos:  # the sequence ended here; the rest is padding
+                new = new[:j + 1]
+                break
+        ids = list(encoded[i]) + [t for t in new if t >= 0]
+        results.append({"prompt": i, "ids": ids,
+                        "text": tokenizer.decode(ids, skip_special_tokens=True),
+                        "new_text": tokenizer.decode(new, skip_special_tokens=True)})
+    return results
