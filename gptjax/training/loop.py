@@ -23,7 +23,6 @@ from typing import Any, Callable, Iterable, Mapping
 import jax
 import numpy as np
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from gptjax.config import Config, ConfigError
@@ -34,7 +33,7 @@ from gptjax.training import metrics as metrics_lib
 from gptjax.training.optim import make_optimizer
 from gptjax.training.sample import sample_text
 from gptjax.training.state import graphdef_of, init_state
-from gptjax.training.steps import eval_step_fn, train_step_fn
+from gptjax.training.steps import compile_on_leaves, eval_step_fn, train_step_fn
 
 Callback = Callable[[int, Mapping[str, Any]], None]  # (step, logged metrics or {}) -> None
 
@@ -114,7 +113,7 @@ def train(config, workdir: str | os.PathLike, *, data=None,
     init = functools.partial(init_state, cfg.model, tx, tcfg.seed)
     abstract = jax.eval_shape(init)
     state_sharding = plan.shardings(abstract)
-    train_step = _compile_on_leaves(
+    train_step = compile_on_leaves(
         plan, train_step_fn(cfg, graphdef, tx, schedule, axis_name=plan.axis_name), abstract,
         state_sharding)
     treedef = jax.tree.structure(abstract)
@@ -264,24 +263,3 @@ def _pause(t0: float, leaves) -> float:
     """Training time since t0, counted once the dispatched steps have finished."""
     jax.block_until_ready(leaves)
     return time.perf_counter() - t0
-
-
-def _compile_on_leaves(plan, step_fn, abstract, state_sharding):
-    """step_fn compiled to take and return the TrainState's leaves (a flat list of arrays).
-
-    jit flattens a list of arrays in C++, but every nnx Variable of a TrainState costs Python
-    calls to flatten and rebuild: a few ms per step, which on a CPU host is taken from the cores
-    that compute the step.
-    """
-    treedef = jax.tree.structure(abstract)
-
-    def on_leaves(leaves, batch):
-        state, metrics = step_fn(jax.tree.unflatten(treedef, leaves), batch)
-        return jax.tree.leaves(state), metrics
-
-    if plan.strategy == "pmap":
-        return plan.compile_train(on_leaves, jax.tree.leaves(abstract))
-    leaf_shardings = jax.tree.leaves(state_sharding)
-    return plan.jit(on_leaves, in_shardings=(leaf_shardings, plan.batch_sharding()),
-                    out_shardings=(leaf_shardings, NamedSharding(plan.mesh, PartitionSpec())),
-                    donate_argnums=0)
