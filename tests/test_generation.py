@@ -119,6 +119,30 @@ def test_streamer_receives_every_new_token(gpt2):
     assert streamer.ended and streamer.tokens == out[0, len(PROMPT):].tolist()
 
 
+def test_text_streamer_prints_the_continuation(gpt2):
+    import io
+
+    from gptjax import Tokenizer
+    from gptjax.generation import TextStreamer
+
+    tokenizer = Tokenizer.from_pretrained(FOLDER)
+    sink = io.StringIO()
+    out = generate(gpt2, PROMPT, max_length=50, eos_token_id=None,
+                   streamer=TextStreamer(tokenizer, file=sink))
+    assert sink.getvalue() == tokenizer.decode(out[0, len(PROMPT):],
+                                               skip_special_tokens=True) + "\n"
+
+
+def test_beam_sampling(gpt2):
+    """do_sample with num_beams > 1 (HF's beam sampling): reproducible, best hypotheses first."""
+    kw = dict(max_length=50, num_beams=3, do_sample=True, num_return_sequences=2, top_k=20,
+              eos_token_id=None)
+    a = generate(gpt2, PROMPT, seed=4, **kw)
+    assert a.shape == (2, 50) and (a[:, :len(PROMPT)] == PROMPT).all()
+    np.testing.assert_array_equal(generate(gpt2, PROMPT, seed=4, **kw), a)
+    assert not np.array_equal(generate(gpt2, PROMPT, seed=5, **kw), a)
+
+
 def _recompute_greedy(model, prompt, new_tokens, width=32):
     """Greedy decoding the slow way: the full forward, no cache, on every step."""
     graphdef, params = split(model)
@@ -163,6 +187,7 @@ BAD = [
     (dict(top_p=1.5), "top_p"),
     (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
     (dict(num_return_sequences=2), "num_return_sequences"),
+    (dict(num_beams=2, num_return_sequences=3, do_sample=True), "num_return_sequences"),
     (dict(input_ids=[1, 2, 320]), "vocabulary"),
     (dict(input_ids=[-1, 2]), "vocabulary"),
     (dict(input_ids=[[1, 2]], attention_mask=[[1, 0]]), "left padding"),

@@ -38,7 +38,7 @@ def _run(graphdef, params, prompt, valid, start, max_slot, eos_ids, pad_id, key,
 
 
 def _split(model):
-    """(graphdef, params), cached on the model: splitting a 124M model costs ~ms per call."""
+    """(graphdef, params): the static structure (jit's cache key) and the weights."""
     from gptjax.model import split
 
     return split(model)

@@ -104,6 +104,9 @@ class GenerationConfig:
             fail("num_beams", "must be an integer >= 1 (1: greedy or sampling)")
         if not is_int(self.num_return_sequences) or self.num_return_sequences < 1:
             fail("num_return_sequences", "must be an integer >= 1")
+        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
+            fail("num_return_sequences", f"must not exceed num_beams={self.num_beams}: beam "
+                 "search keeps num_beams hypotheses per prompt")
         if not self.do_sample and self.num_return_sequences > self.num_beams:
             fail("num_return_sequences",
                  f"must not exceed num_beams={self.num_beams} without sampling (greedy and beam "
