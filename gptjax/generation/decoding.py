@@ -15,6 +15,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.experimental import io_callback
 
 from gptjax.generation import processors as procs
 
@@ -73,7 +74,7 @@ def decode_step(graphdef, params, head, tokens, slot, num_pad, kv_valid, cache):
 
 def _stream(spec: Spec, tokens):
     if spec.stream:
-        jax.experimental.io_callback(_STREAM_SINK.put, None, tokens, ordered=True)
+        io_callback(_STREAM_SINK.put, None, tokens, ordered=True)
 
 
 class _Sink:
