@@ -149,8 +149,12 @@ def train(config, workdir: str | os.PathLike, *, data=None,
                  "(unknown chip; set train.peak_flops)")
 
     def evaluate(params) -> dict[str, float]:
-        ms = jax.device_get([eval_step(params, plan.put_batch(b))
-                             for b in data.val_batches(tcfg.eval_steps)])
+        ms = []
+        for b in data.val_batches(tcfg.eval_steps):
+            ms.append(eval_step(params, plan.put_batch(b)))
+            if len(ms) > 1:
+                jax.block_until_ready(ms[-2])  # one batch ahead at most, as in training
+        ms = jax.device_get(ms)
         loss = float(np.mean([m["loss"] for m in ms]))
         return {"val_loss": loss, "val_perplexity": float(math.exp(min(loss, 80.0))),
                 "val_accuracy": float(np.mean([m["accuracy"] for m in ms]))}
@@ -188,6 +192,11 @@ def train(config, workdir: str | os.PathLike, *, data=None,
             batch = plan.put_batch(next(data.train))
             leaves, m = train_step(leaves, batch)
             state = None  # its arrays were donated to the step
+            if pending:
+                # Run at most one step ahead of the device: the next step is queued already, and
+                # a host far ahead queues dozens of multi-device programs, on which XLA's CPU
+                # runtime can deadlock (an all-reduce waiting for a device that never starts).
+                jax.block_until_ready(pending[-1])
             pending.append(m)
             if step == start + 1:  # the first step compiles: keep it out of tokens/s
                 jax.block_until_ready(m)
