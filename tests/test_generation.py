@@ -73,6 +73,29 @@ def test_no_recompile_within_a_bucket(gpt2):
         assert dict(generation.TRACES) == before
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_decode_loop_never_copies_the_kv_cache(gpt2, monkeypatch, num_beams):
+    """Performance guard: the compiled loop updates the cache in place (no per-step copy)."""
+    import re
+
+    captured = {}
+    run = generation._run
+
+    def spy(*args, **kwargs):
+        captured["call"] = (args, kwargs)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "_run", spy)
+    generate(gpt2, PROMPT, max_length=50, num_beams=num_beams, eos_token_id=None)
+    args, kwargs = captured["call"]
+    hlo = run.lower(*args, **kwargs).compile().as_text()
+    cfg = gpt2.cfg
+    cache_shape = rf"f32\[{num_beams},\d+,{cfg.num_kv_heads},{cfg.head_dim}\]"
+    copies = [line for line in hlo.splitlines()
+              if re.search(rf"= {cache_shape}\S* copy\(", line)]
+    assert not copies, copies
+
+
 def test_sampling_top_k_1_is_greedy(gpt2):
     greedy = generate(gpt2, PROMPT, max_length=50, eos_token_id=None)
     sampled = generate(gpt2, PROMPT, max_length=50, eos_token_id=None, do_sample=True, top_k=1,

@@ -143,7 +143,8 @@ def beam_search_loop(graphdef, params, prompt, valid, start, max_slot, eos_ids, 
         logits, cache = decode_step(graphdef, params, head, last.reshape(rows), s["cur"] - 1,
                                     num_pad, kv_valid, cache)
         # The last iteration's forward is wasted (one step in N) but keeps a single copy of
-        # `step` in the program, which halves compile time.
+        # `step` in the program, which halves compile time; skipping it with a lax.cond would
+        # make XLA copy the whole KV cache on every step.
         logits = jnp.take_along_axis(logits.reshape(batch, k, -1), rows_of[:, :, None], axis=1)
         return s, logits.reshape(rows, -1), cache, rows_of
 

@@ -126,7 +126,8 @@ def sample_loop(graphdef, params, prompt, valid, start, max_slot, eos_ids, pad_i
         tokens, cur, unfinished = choose(logits, tokens, cur, unfinished)
         done = (cur >= max_slot) | ~jnp.any(unfinished)
         # The last iteration's forward is wasted (one step in N) but keeps a single copy of
-        # `choose` in the program, which roughly halves compile time.
+        # `choose` in the program, which roughly halves compile time; skipping it with a
+        # lax.cond would make XLA copy the whole KV cache on every step.
         logits, cache = decode_step(graphdef, params, head, tokens[jnp.arange(b), cur - 1],
                                     cur - 1, num_pad, kv_valid, cache)
         return tokens, cur, unfinished, done, logits, cache

@@ -134,9 +134,9 @@ def warp(scores, values, min_tokens_to_keep: int = 1):
 class Processors:
     """The static part of the processors (the compiled program); their values are traced.
 
-    Repetition penalty, no-repeat n-grams and minimum length always run: at their neutral values
-    (1.0, 0, 0) they change nothing, bit for bit, and keeping them in the program means changing
-    them never recompiles. The sampling warpers run only on the sampling branch.
+    Repetition penalty, no-repeat n-grams and minimum length are always in the program (their
+    values are traced, so changing them never recompiles); the sampling warpers run only on the
+    sampling branch.
     """
 
     max_ngram: int = 4  # no_repeat_ngram_size up to this share one program
@@ -149,7 +149,10 @@ def process(p: Processors, scores, *, tokens, start, cur, counted, eos_ids, valu
     values: dict of traced scalars: repetition_penalty, no_repeat_ngram_size, min_length (in
     tokens, as HF counts them: the whole padded prompt included).
     """
-    scores = repetition_penalty(scores, tokens, counted, values["repetition_penalty"])
-    scores = no_repeat_ngram(scores, tokens, start, cur, values["no_repeat_ngram_size"],
-                             p.max_ngram)
+    # Each runs only when its value asks for it (a cond, not a recompile).
+    penalty, n = values["repetition_penalty"], values["no_repeat_ngram_size"]
+    scores = jax.lax.cond(penalty != 1.0, lambda: repetition_penalty(scores, tokens, counted,
+                                                                     penalty), lambda: scores)
+    scores = jax.lax.cond(n > 0, lambda: no_repeat_ngram(scores, tokens, start, cur, n,
+                                                         p.max_ngram), lambda: scores)
     return min_length(scores, eos_ids, cur - start, values["min_length"])
