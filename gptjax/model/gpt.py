@@ -13,14 +13,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gptjax.config import ModelConfig
-from gptjax.model import positions
+from gptjax.model import ops, positions
 from gptjax.model.attention import CausalSelfAttention, dense
 from gptjax.model.masks import Mask
 from gptjax.parallel.rules import with_logical_constraint as constrain  # no-op off a mesh
 
 
 def layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(cfg.d_model, epsilon=cfg.layer_norm_epsilon,
+    return ops.LayerNorm(cfg.d_model, epsilon=cfg.layer_norm_epsilon,
                          dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
                          scale_metadata={"out_sharding": ("norm",)},
                          bias_metadata={"out_sharding": ("norm",)}, rngs=rngs)
@@ -36,7 +36,7 @@ class MLP(nnx.Module):
         self.dropout = nnx.Dropout(cfg.dropout)
 
     def __call__(self, x, *, deterministic=True, rngs=None):
-        h = constrain(jax.nn.gelu(self.fc(x), approximate=True), ("batch", "seq", "mlp"))
+        h = constrain(ops.gelu_tanh(self.fc(x)), ("batch", "seq", "mlp"))
         return self.dropout(self.proj(h), deterministic=deterministic, rngs=rngs)
 
 
