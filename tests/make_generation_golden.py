@@ -25,8 +25,10 @@ import transformers  # noqa: E402
 HERE = pathlib.Path(__file__).resolve().parent
 FOLDER = HERE / "golden" / "tiny-gpt2"
 OUT = HERE / "golden" / "generation.json"
-MAX_LENGTH = 50  # as the article; prompts <= 32 tokens share the tests' compiled programs
-TEXTS = ("Before we proceed any further, hear me speak.", "Speak, speak.", "You are all")
+MAX_LENGTH = 50  # as the article
+# 17..32 tokens each: one prompt bucket (gptjax pads prompts to powers of two from 8)
+TEXTS = ("Before we proceed any further, hear me speak.", "We know't, we know't.",
+         "You are all resolved rather to die")
 ARTICLE_TEXT = "The quick brown fox jumps over the"
 PAD = 0  # left padding in the batch cases (masked out, so any id would do)
 
@@ -35,7 +37,7 @@ def main() -> None:
     tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(FOLDER / "tokenizer.json"))
     model = transformers.GPT2LMHeadModel.from_pretrained(FOLDER).eval()
     prompts = [tokenizer.encode(t) for t in TEXTS]
-    assert all(len(p) <= 32 for p in prompts), [len(p) for p in prompts]
+    assert all(17 <= len(p) <= 32 for p in prompts), [len(p) for p in prompts]
     width = max(len(p) for p in prompts[:2])
     batch = {"input_ids": [[PAD] * (width - len(p)) + p for p in prompts[:2]],
              "attention_mask": [[0] * (width - len(p)) + [1] * len(p) for p in prompts[:2]]}

@@ -21,12 +21,12 @@ from gptjax.generation.beam import beam_search_loop
 from gptjax.generation.config import (GenerationConfig, GenerationError, bucket, cache_bucket,
                                       load_generation_defaults, model_defaults, prepare_inputs,
                                       resolve_lengths)
-from gptjax.generation.decoding import (TRACES, Spec, _STREAM_SINK, decode_step, lm_head,
-                                        prefill, sample_loop)
+from gptjax.generation.decoding import (TRACES, Spec, _STREAM_SINK, decode_step, prefill,
+                                        sample_loop)
 from gptjax.generation.streamers import TextStreamer
 
-__all__ = ["generate", "GenerationConfig", "GenerationError", "TextStreamer", "lm_head",
-           "prefill", "decode_step", "load_generation_defaults", "TRACES"]
+__all__ = ["generate", "GenerationConfig", "GenerationError", "TextStreamer", "prefill",
+           "decode_step", "load_generation_defaults", "TRACES"]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec"))

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from gptjax.generation import processors as procs
-from gptjax.generation.decoding import TRACES, Spec, decode_step, lm_head, prefill
+from gptjax.generation.decoding import TRACES, Spec, decode_step, prefill
 
 BIG = 1.0e9
 
@@ -44,8 +44,7 @@ def beam_search_loop(graphdef, params, prompt, valid, start, max_slot, eos_ids, 
     max_new = max_slot - p  # Hugging Face's max_length - decoder_prompt_len
     denom = values["length_denominators"]  # [cache_len + 1]: float32(n ** length_penalty)
 
-    head = lm_head(graphdef, params)
-    logits, cache, kv_valid, num_pad = prefill(graphdef, params, head, prompt, valid, length)
+    logits, cache, kv_valid, num_pad = prefill(graphdef, params, prompt, valid, length)
     # Every beam of a prompt starts from the same prefill: repeat it num_beams times.
     logits, kv_valid, num_pad = (jnp.repeat(x, k, axis=0) for x in (logits, kv_valid, num_pad))
     cache = jax.tree.map(lambda c: jnp.repeat(c, k, axis=0), cache)
@@ -140,8 +139,8 @@ def beam_search_loop(graphdef, params, prompt, valid, start, max_slot, eos_ids, 
         # Physical row r holds the logical beam inverse[r]; feed it that beam's last token.
         inverse = jnp.argsort(rows_of, axis=1)
         last = jnp.take_along_axis(s["running"][:, :, s["cur"] - 1], inverse, axis=1)
-        logits, cache = decode_step(graphdef, params, head, last.reshape(rows), s["cur"] - 1,
-                                    num_pad, kv_valid, cache)
+        logits, cache = decode_step(graphdef, params, last.reshape(rows), s["cur"] - 1, num_pad,
+                                    kv_valid, cache)
         # The last iteration's forward is wasted (one step in N) but keeps a single copy of
         # `step` in the program, which halves compile time; skipping it with a lax.cond would
         # make XLA copy the whole KV cache on every step.

@@ -243,9 +243,10 @@ def prepare_inputs(input_ids, attention_mask, config: GenerationConfig, vocab_si
     return ids.astype(np.int32), mask
 
 
-def bucket(n: int, minimum: int = 32) -> int:
+def bucket(n: int, minimum: int = 8) -> int:
     """Static prompt width for n tokens: a power of two up to 256, then a multiple of 256, so
-    that prompts of similar lengths share one compiled program."""
+    that prompts of similar lengths share one compiled program (and the prefill of a short
+    prompt stays short: it costs as much as `width` decode steps)."""
     if n <= 256:
         return max(minimum, 1 << (max(n, 1) - 1).bit_length())
     return -(-n // 256) * 256

@@ -36,16 +36,7 @@ class Spec:
     stream: bool = False
 
 
-def lm_head(graphdef, params):
-    """The LM head as a materialised [d_model, vocab] matrix, made once per generate call.
-
-    The barrier keeps XLA from folding the transpose back into the dots of the loop, where the
-    tied [vocab, d_model] embedding would be re-packed on every token (20% of a step on CPU).
-    """
-    return jax.lax.optimization_barrier(nnx.merge(graphdef, params).head_kernel())
-
-
-def prefill(graphdef, params, head, prompt, valid, cache_len: int):
+def prefill(graphdef, params, prompt, valid, cache_len: int):
     """Run the prompt [batch, P] (left-padded, `valid` False on padding) through the model.
 
     Returns (logits of the last position [batch, vocab], KV cache with slots [0, P) filled,
@@ -57,19 +48,20 @@ def prefill(graphdef, params, head, prompt, valid, cache_len: int):
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)  # HF's position_ids
     cache = model.init_cache(b, cache_len)
     hidden, cache = model.forward(prompt, positions_=positions, kv_valid=kv_valid, cache=cache,
-                                  cache_index=0, head=False)
-    logits = jnp.dot(hidden[:, -1], head).astype(jnp.float32)  # left padding: last is real
+                                  cache_index=0, logits=False)
+    # The LM head on the last position only (left padding: it is a real token).
+    logits = model.lm_head_logits(hidden[:, -1:])[:, 0]
     return logits, cache, kv_valid, p - valid.sum(axis=1)
 
 
-def decode_step(graphdef, params, head, tokens, slot, num_pad, kv_valid, cache):
+def decode_step(graphdef, params, tokens, slot, num_pad, kv_valid, cache):
     """One token per row: tokens [rows] written at `slot` -> (next logits [rows, vocab], cache)."""
     model = nnx.merge(graphdef, params)
     vocab = model.cfg.vocab_size
     positions = (slot - num_pad)[:, None]
-    hidden, cache = model.forward(jnp.clip(tokens, 0, vocab - 1)[:, None], positions_=positions,
-                                  kv_valid=kv_valid, cache=cache, cache_index=slot, head=False)
-    return jnp.dot(hidden[:, -1], head).astype(jnp.float32), cache
+    logits, cache = model.forward(jnp.clip(tokens, 0, vocab - 1)[:, None], positions_=positions,
+                                  kv_valid=kv_valid, cache=cache, cache_index=slot)
+    return logits[:, -1], cache
 
 
 def _stream(spec: Spec, tokens):
@@ -100,8 +92,7 @@ def sample_loop(graphdef, params, prompt, valid, start, max_slot, eos_ids, pad_i
     TRACES[spec.strategy] += 1
     b, p = prompt.shape
     length = spec.cache_len
-    head = lm_head(graphdef, params)
-    logits, cache, kv_valid, num_pad = prefill(graphdef, params, head, prompt, valid, length)
+    logits, cache, kv_valid, num_pad = prefill(graphdef, params, prompt, valid, length)
     slots = jnp.arange(length)
     tokens = jnp.zeros((b, length), jnp.int32).at[:, :p].set(prompt)
 
@@ -128,8 +119,8 @@ def sample_loop(graphdef, params, prompt, valid, start, max_slot, eos_ids, pad_i
         # The last iteration's forward is wasted (one step in N) but keeps a single copy of
         # `choose` in the program, which roughly halves compile time; skipping it with a
         # lax.cond would make XLA copy the whole KV cache on every step.
-        logits, cache = decode_step(graphdef, params, head, tokens[jnp.arange(b), cur - 1],
-                                    cur - 1, num_pad, kv_valid, cache)
+        logits, cache = decode_step(graphdef, params, tokens[jnp.arange(b), cur - 1], cur - 1,
+                                    num_pad, kv_valid, cache)
         return tokens, cur, unfinished, done, logits, cache
 
     state = (tokens, jnp.int32(p), jnp.ones((b,), bool), jnp.bool_(False), logits, cache)

@@ -101,13 +101,13 @@ class GPT(nnx.Module):
         return logits
 
     def forward(self, tokens, *, positions_=None, kv_valid=None, cache=None, cache_index=0,
-                deterministic=True, rngs=None, head=True):
+                deterministic=True, rngs=None, logits=True):
         """The full pass, with an optional KV cache (a list with one {'k','v'} per layer).
 
         With a cache, tokens are written at slots cache_index.. and kv_valid: [batch, cache_len]
-        marks which slots hold real tokens. Returns (logits, cache); with head=False, (the final
-        LayerNorm's output [batch, seq, d_model], cache) for callers that apply the LM head
-        themselves (decoding: to the last position only, with `head_kernel()`).
+        marks which slots hold real tokens. Returns (logits, cache); with logits=False, (the
+        final LayerNorm's output [batch, seq, d_model], cache), for callers that apply the LM
+        head (`lm_head_logits`) to some positions only, as decoding does to the last.
         """
         cfg = self.cfg
         b, t = tokens.shape
@@ -139,25 +139,17 @@ class GPT(nnx.Module):
                                        deterministic=deterministic, rngs=rngs)
             new_cache.append(layer_cache)
         x = self.ln_f(x)
-        if not head:
-            return x, (new_cache if cache is not None else None)
-        if cfg.tie_embeddings:
+        new_cache = new_cache if cache is not None else None
+        return (self.lm_head_logits(x) if logits else x), new_cache
+
+    def lm_head_logits(self, x):
+        """The LM head: final hidden states [batch, seq, d_model] -> float32 logits."""
+        if self.cfg.tie_embeddings:
             logits = self.wte.attend(x)
         else:
             logits = self.lm_head(x)
         logits = constrain(logits, ("batch", "seq", "vocab"))
-        return logits.astype(jnp.float32), (new_cache if cache is not None else None)
-
-    def head_kernel(self):
-        """The LM head as a [d_model, vocab] matrix in the compute dtype: logits = x @ it.
-
-        Tied, it is the token embedding transposed. A decode loop materialises it once: a dot
-        against the [vocab, d_model] embedding re-packs (transposes) all of it on every token.
-        """
-        dtype = jnp.dtype(self.cfg.dtype)
-        if self.cfg.tie_embeddings:
-            return self.wte.embedding[...].T.astype(dtype)
-        return self.lm_head.kernel[...].astype(dtype)
+        return logits.astype(jnp.float32)
 
     def init_cache(self, batch_size: int, cache_len: int, dtype=None) -> list[dict[str, Any]]:
         """Zeroed KV cache, [batch, cache_len, kv_heads, head_dim] per layer for k and v."""
