@@ -26,8 +26,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     results = bench.run(bench.default_prompt(), checkpoint=FLAGS.checkpoint,
                         repeats=FLAGS.repeats, with_hf=FLAGS.hf)
-    text = bench.write_report(results, FLAGS.out, command="python -m experiments.bench_generate "
-                              + " ".join(sys.argv[1:]))
+    command = " ".join(["python -m experiments.bench_generate", *sys.argv[1:]])
+    text = bench.write_report(results, FLAGS.out, command=command)
     print(text)
 
 
