@@ -27,6 +27,7 @@ setup(
         "numpy>=2.0,<3",
         "tqdm>=4.67,<5",
         "matplotlib>=3.10,<4",
+        "tensorboardX>=2.6.5,<3",  # TensorBoard events of a run
         # tensorflow-datasets imports it while preparing catalog datasets but declares it only
         # for Python < 3.9
         "importlib_resources>=7.1,<8",
