@@ -114,8 +114,8 @@ def train(config, workdir: str | os.PathLike, *, data=None,
     abstract = jax.eval_shape(init)
     state_sharding = plan.shardings(abstract)
     train_step = compile_on_leaves(
-        plan, train_step_fn(cfg, graphdef, tx, schedule, axis_name=plan.axis_name), abstract,
-        state_sharding)
+        plan, train_step_fn(cfg, graphdef, tx, schedule, axis_name=plan.axis_name,
+                            data_mesh=_cpu_data_mesh(plan)), abstract, state_sharding)
     treedef = jax.tree.structure(abstract)
     eval_step = plan.compile_eval(eval_step_fn(graphdef), abstract.params)
 
@@ -266,6 +266,17 @@ def train(config, workdir: str | os.PathLike, *, data=None,
         checkpoints.close()  # waits for async saves: a finished save is never left half-written
         writer.close()
     return final
+
+
+def _cpu_data_mesh(plan):
+    """plan.mesh when it is plain data parallelism under jit over CPU devices, else None: then
+    the step sums gradients in one flat all-reduce (see train_step_fn's data_mesh)."""
+    mesh = plan.mesh
+    if plan.strategy != "jit" or mesh.devices.size < 2 or "data" not in mesh.shape:
+        return None
+    if any(size > 1 for name, size in mesh.shape.items() if name != "data"):
+        return None
+    return mesh if mesh.devices.flat[0].platform == "cpu" else None
 
 
 def _pause(t0: float, leaves) -> float:
