@@ -31,9 +31,8 @@ flags.DEFINE_string("out", "docs/bench_train.md", "Markdown report (JSON beside 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    results = {"machine": bench.machine()}
-    loop = bench.loop_throughput(FLAGS.config, steps=FLAGS.steps)
-    results["loop"] = loop
+    loop = bench.loop_throughput(FLAGS.config, steps=FLAGS.steps)  # first: it sets up JAX
+    results = {"machine": bench.machine(), "loop": loop}
     print(f"loop: {loop['tokens_per_sec']:,.0f} tokens/s, {loop['ms_per_step']:.1f} ms/step")
     from gptjax.data import build_data
 
@@ -47,8 +46,10 @@ def main(argv):
     print(f"step: {step['tokens_per_sec']:,.0f} tokens/s, {step['ms_per_step']:.1f} ms/step, "
           f"compile {step['first_step_seconds']:.1f} s")
     if FLAGS.full:
-        with tempfile.TemporaryDirectory() as workdir:
-            results["full"] = bench.time_to_loss(FLAGS.config, workdir, target=FLAGS.target)
+        overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+        with tempfile.TemporaryDirectory() as tmp:
+            results["full"] = bench.time_to_loss(config_flags.get_config_filename(
+                FLAGS["config"]), overrides, f"{tmp}/run", target=FLAGS.target)
         print(f"full: {results['full']}")
     results["machine"]["load_average_after"] = bench.machine()["load_average"]
     path = bench.write_report(results, FLAGS.out,

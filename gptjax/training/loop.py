@@ -249,6 +249,7 @@ def train(config, workdir: str | os.PathLike, *, data=None,
                 if text is not None:
                     final["sample"] = text
             if row:
+                row["time"] = time.time()  # wall clock (Unix seconds): time-to-loss across runs
                 writer.write(step, row)
                 final.update(row)
                 final["step"] = step
