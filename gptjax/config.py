@@ -107,6 +107,7 @@ class ModelConfig:
                 _fail(f"model.{name}", getattr(self, name), f"choose one of {list(DTYPES)}")
         if self.layer_norm_epsilon <= 0:
             _fail("model.layer_norm_epsilon", self.layer_norm_epsilon, "must be positive")
+        _check_attention_options(self)
 
     def check_length(self, seq_len: int, what: str = "sequence length") -> None:
         """Raise if `seq_len` tokens cannot be positioned by this model."""
@@ -121,6 +122,44 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# Attention options that do not fit together: each one below fails deep in tracing, or silently
+# does something else, when it is not caught here. Backend availability is a property of the
+# machine, not of the config: gptjax.model.kernels.check_available, at the start of a run.
+CUDNN_MAX_HEAD_DIM = 256  # jax's cuDNN flash attention: <= 256 on Hopper and later, 128 before
+
+
+def _check_attention_options(m: ModelConfig) -> None:
+    """Kernel x dtype x dropout x head shape x positions combinations that cannot work."""
+    from gptjax.model.kernels import REQUIREMENTS, Requirements
+
+    if isinstance(m.rope_theta, bool) or not isinstance(m.rope_theta, (int, float)) \
+            or m.rope_theta <= 0:  # 0 or less makes RoPE's frequencies inf/NaN
+        _fail("model.rope_theta", m.rope_theta,
+              "must be a positive number (RoPE's base wavelength; 10000 in Su et al. 2021)")
+    dtypes = REQUIREMENTS.get(m.attention, Requirements()).dtypes
+    if dtypes is not None and m.dtype not in dtypes:
+        _fail("model.dtype", m.dtype, f"model.attention={m.attention!r} computes in "
+              f"{list(dtypes)} only; set model.dtype={dtypes[0]!r} or choose model.attention='xla'")
+    if m.attention == "cudnn":
+        if m.head_dim % 8 or m.head_dim > CUDNN_MAX_HEAD_DIM:
+            _fail("model.num_heads", m.num_heads,
+                  f"model.attention='cudnn' needs head_dim = d_model/num_heads a multiple of 8 "
+                  f"and at most {CUDNN_MAX_HEAD_DIM} (128 before Hopper GPUs), but "
+                  f"{m.d_model}/{m.num_heads}={m.head_dim}; change model.num_heads or "
+                  "model.d_model, or choose model.attention='xla'")
+        if m.dropout > 0:  # jax.nn.dot_product_attention takes no dropout rate
+            _fail("model.dropout", m.dropout, "model.attention='cudnn' has no attention-weight "
+                  "dropout, so training would silently run the reference kernel instead; set "
+                  "model.dropout=0, or choose model.attention='reference' to train with it")
+
+
+def _check_attention_lengths(m: ModelConfig, seq_len: int) -> None:
+    """Training lengths a kernel cannot take."""
+    if m.attention == "cudnn" and seq_len % 2:  # cuDNN's fused backward with a mask bias
+        _fail("data.seq_len", seq_len, "model.attention='cudnn' trains on even sequence "
+              "lengths only; use an even data.seq_len or choose model.attention='xla'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,6 +319,7 @@ class Config:
         if self.data.seq_len > self.model.max_len and self.model.position == "learned":
             _fail("data.seq_len", self.data.seq_len,
                   f"must not exceed model.max_len={self.model.max_len} with learned positions")
+        _check_attention_lengths(self.model, self.data.seq_len)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Config":

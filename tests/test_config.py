@@ -62,3 +62,29 @@ def test_bad_other_sections(section, field, value, match):
 def test_mesh_allows_one_fill_axis():
     with pytest.raises(ConfigError, match="at most one axis may be -1"):
         Config.from_dict({"mesh": {"data": -1, "fsdp": -1}})
+
+
+# Attention options that do not fit together fail in the config, before any data or compile.
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(attention="cudnn"), r"model.dtype='float32' .*'cudnn' computes in \['bfloat16', "
+     r"'float16'\] only; set model.dtype='bfloat16'"),
+    (dict(attention="cudnn", dtype="bfloat16", d_model=48, num_heads=4),
+     r"model.num_heads=4 .*'cudnn' needs head_dim .*multiple of 8 .*48/4=12"),
+    (dict(attention="cudnn", dtype="bfloat16", d_model=1024, num_heads=2),
+     r"model.num_heads=2 .*at most 256 .*1024/2=512"),
+    (dict(attention="cudnn", dtype="float16", dropout=0.1),
+     r"model.dropout=0.1 .*'cudnn' has no attention-weight dropout.*model.dropout=0"),
+    (dict(position="rope", rope_theta=0.0), r"model.rope_theta=0.0 .*must be a positive number"),
+    (dict(rope_theta=-10000), r"model.rope_theta=-10000 .*positive"),
+])
+def test_attention_options_that_do_not_fit(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        ModelConfig(**kwargs)
+
+
+def test_cudnn_config_is_valid_off_gpu_and_needs_even_training_lengths():
+    # The config is the machine's business only at run start (kernels.check_available).
+    cudnn = {"attention": "cudnn", "dtype": "bfloat16"}
+    Config.from_dict({"model": cudnn, "data": {"seq_len": 256}})
+    with pytest.raises(ConfigError, match=r"data.seq_len=255 .*'cudnn' trains on even sequence"):
+        Config.from_dict({"model": cudnn, "data": {"seq_len": 255}})

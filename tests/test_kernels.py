@@ -145,3 +145,54 @@ def test_blockwise_refuses_attention_dropout():
     with pytest.raises(ValueError, match="blockwise.*no attention-weight dropout"):
         kernels.get_kernel("blockwise")(q, k, v, _masks(), dropout_rate=0.1,
                                         dropout_rng=jax.random.key(0))
+
+
+# Where a kernel runs: declared at registration, checked before any data is read or compiled.
+def test_register_declares_backends_and_dtypes(monkeypatch):
+    monkeypatch.setattr(kernels, "KERNELS", dict(kernels.KERNELS))
+    monkeypatch.setattr(kernels, "REQUIREMENTS", dict(kernels.REQUIREMENTS))
+    kernels.register("plain")(kernels.reference_attention)  # the old form: runs anywhere
+    kernels.check_available("plain", "cpu", dtype="float32")
+    kernels.register("tpu_bf16", backends=("tpu",), dtypes=("bfloat16",))(
+        kernels.reference_attention)
+    kernels.check_available("tpu_bf16", "tpu", dtype=jnp.bfloat16)
+    with pytest.raises(ValueError, match=r"'tpu_bf16' needs a TPU, but JAX's backend is 'gpu'; "
+                                         r"use model.attention='xla'"):
+        kernels.check_available("tpu_bf16", "gpu")
+    with pytest.raises(ValueError, match=r"computes in \['bfloat16'\] only, not 'float32'; set "
+                                         r"model.dtype='bfloat16'"):
+        kernels.check_available("tpu_bf16", "tpu", dtype=jnp.float32)
+    kernels.check_available("cudnn", "gpu", dtype="float16")
+    with pytest.raises(ValueError, match="'cudnn' needs a GPU, but JAX's backend is 'cpu'"):
+        kernels.check_available("cudnn", "cpu")
+
+
+def _cudnn_model_config(**extra):
+    return dict(attention="cudnn", dtype="bfloat16", max_len=16, num_layers=1, num_heads=2,
+                d_model=32, **extra)
+
+
+def test_training_refuses_cudnn_off_gpu_before_reading_data(tmp_path):
+    if jax.default_backend() == "gpu":
+        pytest.skip("a GPU is present")
+    from gptjax.training.loop import train
+
+    cfg = {"model": _cudnn_model_config(vocab_size=0),
+           "data": dict(dataset="text_file", text_file=str(tmp_path / "missing.txt"),
+                        seq_len=16, batch_size=8)}
+    with pytest.raises(ValueError, match=r"'cudnn' needs a GPU.*attention='xla'"):
+        train(cfg, tmp_path / "run")  # the missing text file would raise FileNotFoundError
+    assert not (tmp_path / "run").exists()
+
+
+def test_generation_refuses_cudnn_off_gpu_before_compiling():
+    if jax.default_backend() == "gpu":
+        pytest.skip("a GPU is present")
+    from flax import nnx
+
+    from gptjax.config import ModelConfig
+    from gptjax.model import GPT
+
+    model = GPT(ModelConfig(**_cudnn_model_config(vocab_size=16)), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"'cudnn' needs a GPU.*from_pretrained"):
+        model.generate([1, 2, 3], max_new_tokens=2)

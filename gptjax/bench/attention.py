@@ -57,6 +57,11 @@ def attention_flops(seq_len, heads, head_dim, batch, pass_):
 def measure(kernel_name, seq_len, layout, pass_, *, heads=12, head_dim=64, batch=1,
             dtype=jnp.float32, repeats=3, memory_budget=None) -> Case:
     case = Case(kernel_name, seq_len, layout, pass_)
+    try:  # a kernel this backend or dtype cannot run is a result, not a crash
+        kernels.check_available(kernel_name, dtype=dtype)
+    except ValueError as e:
+        case.status, case.note = "unavailable", str(e).split(";")[0][:120]
+        return case
     kv_heads = 1 if LAYOUTS[layout] is None else heads // LAYOUTS[layout]
     kernel = kernels.get_kernel(kernel_name)
     mask = causal(seq_len)
@@ -75,7 +80,7 @@ def measure(kernel_name, seq_len, layout, pass_, *, heads=12, head_dim=64, batch
         start = time.perf_counter()
         compiled = fn.lower(*spec).compile()
         case.compile_s = time.perf_counter() - start
-    except ValueError as e:  # e.g. cudnn off GPU
+    except (ValueError, NotImplementedError) as e:  # e.g. a head_dim cuDNN does not take
         case.status, case.note = "unavailable", str(e).split("\n")[0][:120]
         return case
     plan = compiled.memory_analysis()

@@ -55,6 +55,9 @@ def generate(model, input_ids, *, attention_mask=None, streamer=None, **kwargs) 
     streamer: an object with put(ids: np.ndarray [batch]) called once per new token and end();
     greedy or sampling only.
     """
+    from gptjax.model.kernels import check_available
+
+    check_available(model.cfg.attention)  # e.g. a cudnn model on a CPU: fail before compiling
     config = GenerationConfig.build(model_defaults(model), kwargs)
     cfg = model.cfg
     ids, mask = prepare_inputs(input_ids, attention_mask, config, cfg.vocab_size)

@@ -13,6 +13,7 @@ Every kernel has one signature so the model, the benchmarks and the tests can sw
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable, Protocol
 
@@ -30,11 +31,26 @@ class Kernel(Protocol):
 KERNELS: dict[str, Kernel] = {}
 
 
-def register(name: str) -> Callable[[Kernel], Kernel]:
-    """Add a kernel to the registry under `name` (what `model.attention` selects)."""
+@dataclasses.dataclass(frozen=True)
+class Requirements:
+    """Where a kernel runs: JAX backends ('cpu', 'gpu', 'tpu') and compute dtypes; None: any."""
+
+    backends: tuple[str, ...] | None = None
+    dtypes: tuple[str, ...] | None = None
+
+
+REQUIREMENTS: dict[str, Requirements] = {}
+
+
+def register(name: str, *, backends=None, dtypes=None) -> Callable[[Kernel], Kernel]:
+    """Add a kernel to the registry under `name` (what `model.attention` selects).
+
+    backends, dtypes: what it runs on, when not everything (checked before any data or compile).
+    """
 
     def add(fn: Kernel) -> Kernel:
         KERNELS[name] = fn
+        REQUIREMENTS[name] = Requirements(backends and tuple(backends), dtypes and tuple(dtypes))
         return fn
 
     return add
@@ -44,6 +60,24 @@ def get_kernel(name: str) -> Kernel:
     if name not in KERNELS:
         raise ValueError(f"unknown attention kernel {name!r}; choose one of {sorted(KERNELS)}")
     return KERNELS[name]
+
+
+def check_available(name: str, backend: str | None = None, *, dtype=None) -> None:
+    """Raise ValueError, naming the fix, if kernel `name` cannot run on `backend` (default: JAX's
+    current one) or in compute `dtype` (when given)."""
+    get_kernel(name)
+    needs = REQUIREMENTS.get(name, Requirements())
+    if needs.backends is not None:
+        backend = backend or jax.default_backend()
+        if backend not in needs.backends:
+            raise ValueError(
+                f"model.attention={name!r} needs a {' or '.join(b.upper() for b in needs.backends)}"
+                f", but JAX's backend is {backend!r}; use model.attention='xla' here (a saved "
+                f"model: GPT.from_pretrained(path, attention='xla'))")
+    if dtype is not None and needs.dtypes is not None and jnp.dtype(dtype).name not in needs.dtypes:
+        raise ValueError(f"model.attention={name!r} computes in {list(needs.dtypes)} only, not "
+                         f"{jnp.dtype(dtype).name!r}; set model.dtype={needs.dtypes[0]!r} or use "
+                         "model.attention='xla'")
 
 
 @register("reference")
@@ -90,13 +124,12 @@ def _dot_product_attention(q, k, v, mask=None, *, dropout_rate=0.0, dropout_rng=
 register("xla")(functools.partial(_dot_product_attention, implementation="xla"))
 
 
-@register("cudnn")
+# jax's cuDNN path (jax/_src/cudnn/fused_attention_stablehlo.py) rejects other dtypes; the
+# config also checks its head_dim, dropout and training lengths (gptjax.config).
+@register("cudnn", backends=("gpu",), dtypes=("bfloat16", "float16"))
 def cudnn_attention(q, k, v, mask=None, *, dropout_rate=0.0, dropout_rng=None):
     """jax.nn.dot_product_attention's cuDNN fused kernel (GPU only, fp16/bf16)."""
-    if jax.default_backend() != "gpu":
-        raise ValueError(
-            f"model.attention='cudnn' needs a GPU, but JAX's backend is "
-            f"{jax.default_backend()!r}; use model.attention='xla' here")
+    check_available("cudnn", dtype=q.dtype)  # direct callers get the message, not jax's
     return _dot_product_attention(q, k, v, mask, dropout_rate=dropout_rate,
                                   dropout_rng=dropout_rng, implementation="cudnn")
 

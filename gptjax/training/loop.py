@@ -26,6 +26,7 @@ from absl import logging
 from tqdm import tqdm
 
 from gptjax.config import Config, ConfigError
+from gptjax.model.kernels import check_available
 from gptjax.parallel import make_plan
 from gptjax.training import checkpoint as ckpt_lib
 from gptjax.training import host
@@ -93,6 +94,8 @@ def train(config, workdir: str | os.PathLike, *, data=None,
 
     # Before anything starts JAX (build_data asks for the process index).
     host.use_cpu_devices(cfg.mesh.cpu_devices, cfg.data.batch_size // cfg.optim.grad_accum)
+    # A kernel this machine cannot run (cudnn off a GPU) fails now, before any data is read.
+    check_available(cfg.model.attention)
 
     if data is None:
         data = build_data(cfg, process_index=jax.process_index(),
