@@ -90,6 +90,9 @@ def test_pallas_off_accelerator_names_the_fix(monkeypatch):
     np.testing.assert_allclose(jax.jit(kernels.get_kernel("pallas"))(q, k, v, causal(16)),
                                kernels.reference_attention(q, k, v, causal(16)), atol=1e-5)
     monkeypatch.undo()
+    kernels.check_available("pallas", "tpu")  # what runs check before reading data
+    with pytest.raises(ValueError, match=r"'pallas' needs a GPU or TPU, but JAX's backend is 'cpu"):
+        kernels.check_available("pallas", "cpu")
     # The attention benchmark records it as unavailable instead of crashing.
     case = bench.measure("pallas", 32, "mha", "fwd", heads=2, head_dim=8)
     assert case.status == "unavailable" and "needs a GPU or TPU" in case.note
