@@ -18,7 +18,9 @@ flags.DEFINE_list("layouts", ["mha", "gqa", "mqa"], "Head layouts: mha, gqa (4 p
 flags.DEFINE_list("passes", ["fwd", "fwd+bwd"], "Which passes to time.")
 flags.DEFINE_integer("heads", 12, "Query heads.")
 flags.DEFINE_integer("head_dim", 64, "Dimension per head.")
-flags.DEFINE_integer("repeats", 3, "Timed runs per case (median reported), after one warm-up.")
+flags.DEFINE_integer("repeats", 3, "Timed runs per case at least (median reported), after one "
+                     "warm-up.")
+flags.DEFINE_float("min_seconds", 1.0, "Keep timing a case until its runs add up to this.")
 flags.DEFINE_string("outdir", "docs/bench_attention", "Where the CSV, table and plots go.")
 
 
@@ -34,7 +36,8 @@ def main(argv):
     print("| kernel | heads | pass | seq_len | status | time (ms) | compile (s) | memory (MiB) "
           "| TFLOP/s | note |")
     cases = attention.run(names, [int(n) for n in FLAGS.lengths], FLAGS.layouts, FLAGS.passes,
-                          heads=FLAGS.heads, head_dim=FLAGS.head_dim, repeats=FLAGS.repeats)
+                          heads=FLAGS.heads, head_dim=FLAGS.head_dim, repeats=FLAGS.repeats,
+                          min_seconds=FLAGS.min_seconds)
     report = attention.write_report(cases, FLAGS.outdir,
                                     command="python -m experiments.bench_attention "
                                     + " ".join(sys.argv[1:]))

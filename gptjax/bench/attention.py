@@ -55,7 +55,10 @@ def attention_flops(seq_len, heads, head_dim, batch, pass_):
 
 
 def measure(kernel_name, seq_len, layout, pass_, *, heads=12, head_dim=64, batch=1,
-            dtype=jnp.float32, repeats=3, memory_budget=None) -> Case:
+            dtype=jnp.float32, repeats=3, min_seconds=1.0, memory_budget=None) -> Case:
+    """One kernel x length x layout x pass: compile time, XLA's planned memory, and the median
+    of at least `repeats` timed runs and of as many as fill `min_seconds` (short cases take
+    tens of runs, so their medians are not one scheduler hiccup)."""
     case = Case(kernel_name, seq_len, layout, pass_)
     try:  # a kernel this backend or dtype cannot run is a result, not a crash
         kernels.check_available(kernel_name, dtype=dtype)
@@ -98,7 +101,7 @@ def measure(kernel_name, seq_len, layout, pass_, *, heads=12, head_dim=64, batch
     try:
         jax.block_until_ready(compiled(*args))  # warm-up
         times = []
-        for _ in range(repeats):
+        while len(times) < repeats or (sum(times) < min_seconds and len(times) < 200):
             start = time.perf_counter()
             jax.block_until_ready(compiled(*args))
             times.append(time.perf_counter() - start)
@@ -148,6 +151,21 @@ def memory_ratios(cases, baseline="reference", kernel="blockwise", lengths=(4096
     return out
 
 
+def speed_ratios(cases):
+    """Per layout, pass and length where both ran: reference time / xla time (>= 1: xla is at
+    least as fast) and blockwise time / xla time (<= 2: blockwise within 2x of xla)."""
+    t = {(c.kernel, c.layout, c.pass_, c.seq_len): c.time_ms for c in cases if c.status == "ok"}
+    rows = []
+    for layout, pass_, n in sorted({k[1:] for k in t}, key=lambda k: (k[0], k[1], k[2])):
+        xla = t.get(("xla", layout, pass_, n))
+        if xla is None:
+            continue
+        ref, blk = t.get(("reference", layout, pass_, n)), t.get(("blockwise", layout, pass_, n))
+        rows.append((layout, pass_, n, None if ref is None else ref / xla,
+                     None if blk is None else blk / xla))
+    return rows
+
+
 def write_report(cases, outdir, *, title="Attention kernels", command=""):
     """CSV, JSON, a markdown table and log-log plots of time and memory against length."""
     outdir = pathlib.Path(outdir)
@@ -170,6 +188,15 @@ def write_report(cases, outdir, *, title="Attention kernels", command=""):
     if ratios:
         lines += ["Planned fwd+bwd memory, reference / blockwise (MHA): " + ", ".join(
             f"{n // 1024}k: {r:.1f}x" for n, r in ratios.items()), ""]
+    speed = speed_ratios(cases)
+    if speed:
+        fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+        lines += ["Speed against xla (time ratios; reference / xla >= 1 means xla is at least as "
+                  "fast, blockwise / xla <= 2 means blockwise is within 2x of xla):", "",
+                  "| heads | pass | seq_len | reference / xla | blockwise / xla |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {n} | {fmt(r)} | {fmt(k)} |" for a, b, n, r, k in speed]
+        lines += [""]
     lines += ["| kernel | heads | pass | seq_len | status | time (ms) | compile (s) | "
               "memory (MiB) | TFLOP/s | note |", "|" + "---|" * 10]
     lines += [_row(c) for c in cases]

@@ -1,0 +1,47 @@
+"""The attention benchmark on tiny cases: every kernel x length x layout recorded, OOM as a result."""
+
+import csv
+
+import pytest
+
+from gptjax.bench import attention as bench
+
+KERNELS = ["reference", "xla", "blockwise", "cudnn"]
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return bench.run(KERNELS, [32, 64], ["mha", "mqa"], ["fwd", "fwd+bwd"], log=lambda _: None,
+                     heads=2, head_dim=8, repeats=1, min_seconds=0.0)
+
+
+def test_every_case_is_recorded(cases):
+    assert len(cases) == len(KERNELS) * 2 * 2 * 2
+    for c in cases:
+        if c.kernel == "cudnn":  # this CPU has no GPU: a result, not a crash
+            assert c.status == "unavailable" and "GPU" in c.note
+        else:
+            assert c.status == "ok", c
+            assert c.time_ms > 0 and c.memory_mib > 0 and c.compile_s > 0
+
+
+def test_report_has_table_speed_ratios_and_plots(cases, tmp_path):
+    path = bench.write_report(cases, tmp_path, command="python -m experiments.bench_attention")
+    text = path.read_text()
+    assert "Speed against xla" in text and "python -m experiments.bench_attention" in text
+    with open(tmp_path / "attention.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(cases)
+    for name in ("attention_time.png", "attention_memory.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    by = {(c.kernel, c.layout, c.pass_, c.seq_len): c.time_ms for c in cases}
+    for layout, pass_, n, ref_over_xla, blk_over_xla in bench.speed_ratios(cases):
+        xla = by["xla", layout, pass_, n]
+        assert ref_over_xla == pytest.approx(by["reference", layout, pass_, n] / xla)
+        assert blk_over_xla == pytest.approx(by["blockwise", layout, pass_, n] / xla)
+
+
+def test_a_case_over_the_memory_budget_is_oom_and_so_are_longer_ones():
+    cases = bench.run(["reference"], [64, 128], ["mha"], ["fwd"], log=lambda _: None,
+                      heads=2, head_dim=8, repeats=1, min_seconds=0.0, memory_budget=1)
+    assert [c.status for c in cases] == ["oom", "oom"]
+    assert cases[0].memory_mib > 0 and "available" in cases[0].note
