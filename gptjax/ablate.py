@@ -182,6 +182,10 @@ def summarise(runs, metrics) -> dict[str, dict[str, tuple[float, float, int]]]:
         if not path.exists():
             continue
         final = json.loads(path.read_text())
+        if "tokens_per_sec" in metrics:  # one logging window is noisy: the run's median
+            rates = [r["tokens_per_sec"] for r in _read_metrics(run.workdir)
+                     if "tokens_per_sec" in r][1:] or [final.get("tokens_per_sec")]
+            final["tokens_per_sec"] = None if rates[0] is None else float(np.median(rates))
         row = table.setdefault(run.variant, {})
         for m in metrics:
             if final.get(m) is not None:
@@ -190,21 +194,30 @@ def summarise(runs, metrics) -> dict[str, dict[str, tuple[float, float, int]]]:
                 for m, x in row.items()} for v, row in table.items()}
 
 
+def _mean_std(mean: float, std: float) -> str:
+    """Losses and accuracies to 4 decimals; large figures (tokens/s) as whole numbers."""
+    if abs(mean) >= 1000:
+        return f"{mean:,.0f} ± {std:,.0f}"
+    return f"{mean:.4f} ± {std:.4f}"
+
+
 def write_report(sweep, runs, outdir) -> pathlib.Path:
     outdir = pathlib.Path(outdir)
     metrics = list(sweep.metrics) + [f"val_loss@{m}x" for m in (sweep.get("eval_lengths") or ())]
     summary = summarise(runs, metrics)
     variants = list(dict.fromkeys(run.variant for run in runs))
     lines = [f"# Ablation: {sweep.get('title', pathlib.Path(sweep.base).stem)}", "",
-             f"Base config `{sweep.base}`, seeds {list(sweep.seeds)}; mean ± std over seeds.", "",
+             f"Base config `{sweep.base}`, seeds {list(sweep.seeds)}; mean ± std over seeds"
+             + ("; tokens_per_sec is each run's median over its logging windows after the first"
+                if "tokens_per_sec" in metrics else "") + ".", "",
              "| variant | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for v in variants:
         cells = []
         for m in metrics:
             if m in summary.get(v, {}):
                 mean, std, n = summary[v][m]
-                cells.append(f"{mean:.4f} ± {std:.4f}" + (f" (n={n})" if n < len(sweep.seeds)
-                                                          else ""))
+                cells.append(_mean_std(mean, std) + (f" (n={n})" if n < len(sweep.seeds)
+                                                     else ""))
             else:
                 cells.append("n/a")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")

@@ -56,3 +56,17 @@ def test_bad_variant_fails_before_any_run(tmp_path):
     assert calls == []
     with pytest.raises(KeyError, match="model.n_layers"):
         ablate.run_sweep(_sweep(variants=[{"name": "x", "model": {"n_layers": 2}}]), tmp_path)
+
+
+def test_tokens_per_sec_is_each_runs_median_window_after_warmup(tmp_path):
+    sweep = _sweep(metrics=("val_loss", "tokens_per_sec"))
+    runs = ablate.expand(sweep, tmp_path)
+    for run, windows in zip(runs, ([5.0, 100.0, 200.0, 300.0], [5.0, 400.0, 500.0, 9000.0])):
+        run.workdir.mkdir(parents=True)
+        (run.workdir / "final.json").write_text(json.dumps(
+            {"val_loss": 1.0, "tokens_per_sec": windows[-1]}))
+        (run.workdir / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": i, "tokens_per_sec": w}) + "\n" for i, w in enumerate(windows)))
+    summary = ablate.summarise(runs, sweep.metrics)
+    mean, std, n = summary["mha"]["tokens_per_sec"]  # seeds 0 and 1 of the first variant
+    assert (mean, n) == (pytest.approx((200.0 + 500.0) / 2), 2)
