@@ -128,37 +128,57 @@ def machine() -> dict[str, Any]:
 def write_report(results: dict[str, Any], path: str | os.PathLike, *, command: str,
                  baseline_tokens_per_sec: float | None = None,
                  baseline_wall: float | None = None) -> pathlib.Path:
-    """results as JSON beside a markdown table at `path` (.md)."""
+    """results ({'machine', 'rounds': [{'step', 'loop', 'full'?}, ...]}) as JSON beside a
+    markdown report at `path` (.md): medians and ranges over the rounds, then every round."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    rounds = results["rounds"]
+    ratio = lambda x: f"{x / baseline_tokens_per_sec:.2f}x" if baseline_tokens_per_sec else ""  # noqa: E731
     lines = ["# Training throughput: nanoGPT's Shakespeare CPU recipe", "",
-             f"    {command}", "", f"Machine: {results['machine']}", ""]
-    lines += ["| measurement | tokens/s | ms/step | first step (compile + run), s | vs nanoGPT |",
-              "|---|---|---|---|---|"]
-    for name in ("step", "loop"):
-        r = results.get(name)
-        if r:
-            ratio = (f"{r['tokens_per_sec'] / baseline_tokens_per_sec:.2f}x"
-                     if baseline_tokens_per_sec else "")
-            lines.append(f"| {name} | {r['tokens_per_sec']:,.0f} (best "
-                         f"{r['tokens_per_sec_best']:,.0f}) | {r['ms_per_step']:.1f} | "
-                         f"{r['first_step_seconds']:.1f} | {ratio} |")
+             f"    {command}", "", f"Machine: {results['machine']}", "",
+             f"Each measurement ran in a fresh process, {len(rounds)} times; median (range).", "",
+             "| measurement | tokens/s | ms/step | first step (compile + run), s | vs nanoGPT |",
+             "|---|---|---|---|---|"]
+    for name, what in (("step", "compiled step alone"), ("loop", "training loop, steady state")):
+        rs = [r[name] for r in rounds if name in r]
+        if rs:
+            tps = [r["tokens_per_sec"] for r in rs]
+            med = statistics.median(tps)
+            lines.append(
+                f"| {what} | {med:,.0f} ({min(tps):,.0f}-{max(tps):,.0f}) | "
+                f"{statistics.median(r['ms_per_step'] for r in rs):.1f} | "
+                f"{statistics.median(r['first_step_seconds'] for r in rs):.1f} | {ratio(med)} "
+                f"({ratio(min(tps))}-{ratio(max(tps))}) |")
     if baseline_tokens_per_sec:
         lines.append(f"| nanoGPT (PyTorch eager, measured here) | {baseline_tokens_per_sec:,.0f}"
                      " | | | 1.00x |")
-    full = results.get("full")
-    if full:
-        lines += ["", "Full recipe, a fresh process as a user runs it:", "",
-                  f"    python {full['command']}", "",
-                  f"Final val loss {full['final_val_loss']:.4f} at step "
-                  f"{full['final_step']}, wall {full['wall_seconds']:.0f} s"
-                  + (f" (nanoGPT: {baseline_wall:.0f} s)" if baseline_wall else "")
-                  + (f"; val loss <= {full['target']} first at step {full['step_at_target']}, "
-                     f"{full['seconds_to_target']:.0f} s after the start"
-                     if full["seconds_to_target"] is not None else
-                     f"; val loss never reached {full['target']}") + ".",
-                  "", "| step | val loss | seconds since start |", "|---|---|---|"]
-        lines += [f"| {s} | {v:.4f} | {w:.1f} |" for s, v, w in full["evals"]]
+    fulls = [r["full"] for r in rounds if "full" in r]
+    if fulls:
+        walls = [f["wall_seconds"] for f in fulls]
+        reached = [f["seconds_to_target"] for f in fulls if f["seconds_to_target"] is not None]
+        target = fulls[0]["target"]
+        lines += ["", "The full recipe, a fresh `python -m experiments.train` process as a user "
+                  "runs it:", "", f"    python {fulls[0]['command']}", "",
+                  f"Wall time {statistics.median(walls):.0f} s ({min(walls):.0f}-"
+                  f"{max(walls):.0f})" + (f" (nanoGPT: {baseline_wall:.0f} s)" if baseline_wall
+                                          else "")
+                  + (f"; val loss <= {target} first after {statistics.median(reached):.0f} s "
+                     f"({min(reached):.0f}-{max(reached):.0f}) in {len(reached)} of {len(fulls)} "
+                     "runs" if reached else f"; val loss never reached {target}") + "."]
+    lines += ["", "| round | step tokens/s | loop tokens/s | full wall s | s to target | "
+              "final val loss |", "|---|---|---|---|---|---|"]
+    fmt = lambda r, k, f: format(r[k], f) if r and r.get(k) is not None else "-"  # noqa: E731
+    for i, r in enumerate(rounds, 1):
+        full = r.get("full")
+        lines.append(f"| {i} | {fmt(r.get('step'), 'tokens_per_sec', ',.0f')} | "
+                     f"{fmt(r.get('loop'), 'tokens_per_sec', ',.0f')} | "
+                     f"{fmt(full, 'wall_seconds', '.0f')} | "
+                     f"{fmt(full, 'seconds_to_target', '.0f')} | "
+                     f"{fmt(full, 'final_val_loss', '.4f')} |")
+    if fulls:
+        lines += ["", "Validation loss in round 1:", "",
+                  "| step | val loss | seconds since start |", "|---|---|---|"]
+        lines += [f"| {s} | {v:.4f} | {w:.1f} |" for s, v, w in fulls[0]["evals"]]
     path.write_text("\n".join(lines) + "\n")
     return path
