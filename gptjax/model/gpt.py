@@ -18,6 +18,8 @@ from gptjax.model.attention import CausalSelfAttention, dense
 from gptjax.model.masks import Mask
 from gptjax.parallel.rules import with_logical_constraint as constrain  # no-op off a mesh
 
+EMBED_STD = 0.02  # GPT-2's initial std of the token (and learned position) embeddings
+
 
 def layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return ops.LayerNorm(cfg.d_model, epsilon=cfg.layer_norm_epsilon,
@@ -74,13 +76,14 @@ class GPT(nnx.Module):
         # Parameters carry logical axis names; gptjax.parallel maps them to a mesh later.
         with nnx.use_eager_sharding(False):
             pdtype, dtype = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.dtype)
-            embed_init = nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed"))
+            embed_init = nnx.with_partitioning(nnx.initializers.normal(EMBED_STD),
+                                               ("vocab", "embed"))
             self.wte = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=pdtype,
                                  embedding_init=embed_init, rngs=rngs)
             if cfg.position == "learned":
                 self.wpe = nnx.Embed(
                     cfg.max_len, cfg.d_model, dtype=dtype, param_dtype=pdtype,
-                    embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02),
+                    embedding_init=nnx.with_partitioning(nnx.initializers.normal(EMBED_STD),
                                                          (None, "embed")), rngs=rngs)
             self.embed_dropout = nnx.Dropout(cfg.dropout)
             self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
@@ -117,7 +120,11 @@ class GPT(nnx.Module):
         if cfg.position == "learned":
             x = x + lookup(self.wpe, positions_, (None, None))
         elif cfg.position == "sinusoidal":
-            x = x + positions.sinusoidal(positions_, cfg.d_model, x.dtype)
+            # The formula's amplitude is 1 and GPT-2's token embeddings start at std 0.02:
+            # unscaled, the encoding drowns the tokens (nanoGPT's CPU recipe stalled at the
+            # unigram loss, 3.33 after 500 steps). Scaled by the embeddings' init std, the two
+            # start in Vaswani et al.'s proportion (embeddings * sqrt(d_model) at std d^-1/2).
+            x = x + EMBED_STD * positions.sinusoidal(positions_, cfg.d_model, x.dtype)
         x = constrain(self.embed_dropout(x, deterministic=deterministic, rngs=rngs),
                       ("batch", "seq", "embed"))
 
