@@ -33,8 +33,8 @@ def step_throughput(cfg: Config, *, steps: int = 100, repeats: int = 3) -> dict[
     """ms/step and tokens/s of the compiled train step alone, laid out as the loop lays it out
     (gptjax.parallel's plan, state as leaves), on fixed random batches; first-step seconds."""
     from gptjax.parallel import make_plan
-    from gptjax.training import graphdef_of, init_state, make_optimizer, train_step_fn
-    from gptjax.training.steps import compile_on_leaves
+    from gptjax.training import graphdef_of, init_state, make_optimizer
+    from gptjax.training.steps import compile_train_step
 
     if not cfg.model.vocab_size:
         raise ValueError("step_throughput needs a resolved model.vocab_size")
@@ -42,12 +42,8 @@ def step_throughput(cfg: Config, *, steps: int = 100, repeats: int = 3) -> dict[
     tx, schedule = make_optimizer(cfg.optim, cfg.train.num_steps)
     init = functools.partial(init_state, cfg.model, tx, cfg.train.seed)
     abstract = jax.eval_shape(init)
-    from gptjax.training.loop import _cpu_data_mesh
-
-    step = compile_on_leaves(plan, train_step_fn(cfg, graphdef_of(cfg.model), tx, schedule,
-                                                 axis_name=plan.axis_name,
-                                                 data_mesh=_cpu_data_mesh(plan)),
-                             abstract, plan.shardings(abstract))
+    step = compile_train_step(cfg, plan, graphdef_of(cfg.model), tx, schedule, abstract,
+                              plan.shardings(abstract))
     leaves = jax.tree.leaves(plan.init(init))
     rng = np.random.default_rng(0)
     b, t, v = cfg.data.batch_size, cfg.data.seq_len, cfg.model.vocab_size

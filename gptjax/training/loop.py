@@ -34,7 +34,7 @@ from gptjax.training import metrics as metrics_lib
 from gptjax.training.optim import make_optimizer
 from gptjax.training.sample import sample_text
 from gptjax.training.state import graphdef_of, init_state
-from gptjax.training.steps import compile_on_leaves, eval_step_fn, train_step_fn
+from gptjax.training.steps import compile_train_step, eval_step_fn
 
 Callback = Callable[[int, Mapping[str, Any]], None]  # (step, logged metrics or {}) -> None
 
@@ -116,9 +116,7 @@ def train(config, workdir: str | os.PathLike, *, data=None,
     init = functools.partial(init_state, cfg.model, tx, tcfg.seed)
     abstract = jax.eval_shape(init)
     state_sharding = plan.shardings(abstract)
-    train_step = compile_on_leaves(
-        plan, train_step_fn(cfg, graphdef, tx, schedule, axis_name=plan.axis_name,
-                            data_mesh=_cpu_data_mesh(plan)), abstract, state_sharding)
+    train_step = compile_train_step(cfg, plan, graphdef, tx, schedule, abstract, state_sharding)
     treedef = jax.tree.structure(abstract)
     eval_step = plan.compile_eval(eval_step_fn(graphdef), abstract.params)
 
@@ -270,17 +268,6 @@ def train(config, workdir: str | os.PathLike, *, data=None,
         checkpoints.close()  # waits for async saves: a finished save is never left half-written
         writer.close()
     return final
-
-
-def _cpu_data_mesh(plan):
-    """plan.mesh when it is plain data parallelism under jit over CPU devices, else None: then
-    the step sums gradients in one flat all-reduce (see train_step_fn's data_mesh)."""
-    mesh = plan.mesh
-    if plan.strategy != "jit" or mesh.devices.size < 2 or "data" not in mesh.shape:
-        return None
-    if any(size > 1 for name, size in mesh.shape.items() if name != "data"):
-        return None
-    return mesh if mesh.devices.flat[0].platform == "cpu" else None
 
 
 def _pause(t0: float, leaves) -> float:

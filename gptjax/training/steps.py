@@ -196,3 +196,22 @@ def compile_on_leaves(plan, step_fn, abstract, state_sharding):
     return plan.jit(on_leaves, in_shardings=(leaf_shardings, plan.batch_sharding()),
                     out_shardings=(leaf_shardings, NamedSharding(plan.mesh, PartitionSpec())),
                     donate_argnums=0)
+
+
+def compile_train_step(config: Config, plan, graphdef, tx, schedule, abstract, state_sharding):
+    """The train step as the loop runs it: train_step_fn for `plan` (its pmap axis, or plain CPU
+    data parallelism's one flat all-reduce), compiled on the state's leaves."""
+    step_fn = train_step_fn(config, graphdef, tx, schedule, axis_name=plan.axis_name,
+                            data_mesh=_cpu_data_mesh(plan))
+    return compile_on_leaves(plan, step_fn, abstract, state_sharding)
+
+
+def _cpu_data_mesh(plan):
+    """plan.mesh when it is plain data parallelism under jit over CPU devices, else None: then
+    the step sums gradients in one flat all-reduce (see train_step_fn's data_mesh)."""
+    mesh = plan.mesh
+    if plan.strategy != "jit" or mesh.devices.size < 2 or "data" not in mesh.shape:
+        return None
+    if any(size > 1 for name, size in mesh.shape.items() if name != "data"):
+        return None
+    return mesh if mesh.devices.flat[0].platform == "cpu" else None
