@@ -104,14 +104,12 @@ class GenerationConfig:
             fail("num_beams", "must be an integer >= 1 (1: greedy or sampling)")
         if not is_int(self.num_return_sequences) or self.num_return_sequences < 1:
             fail("num_return_sequences", "must be an integer >= 1")
-        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
-            fail("num_return_sequences", f"must not exceed num_beams={self.num_beams}: beam "
-                 "search keeps num_beams hypotheses per prompt")
-        if not self.do_sample and self.num_return_sequences > self.num_beams:
+        if (self.num_beams > 1 or not self.do_sample) \
+                and self.num_return_sequences > self.num_beams:
             fail("num_return_sequences",
-                 f"must not exceed num_beams={self.num_beams} without sampling (greedy and beam "
-                 "search return at most num_beams distinct sequences); raise num_beams or set "
-                 "do_sample=True")
+                 f"must not exceed num_beams={self.num_beams} (beam search keeps num_beams "
+                 "hypotheses per prompt, greedy decoding one); raise num_beams, or sample "
+                 "independently with num_beams=1 and do_sample=True")
         if not isinstance(self.do_sample, (bool, np.bool_)):
             fail("do_sample", "must be True or False")
         if not is_num(self.temperature) or not self.temperature > 0:
