@@ -67,7 +67,7 @@ def run():
     prompts = list(FLAGS.prompt) + [pathlib.Path(p).read_text() for p in FLAGS.prompt_file]
     model = GPT.from_pretrained(FLAGS.checkpoint)
     tokenizer = Tokenizer.from_pretrained(FLAGS.tokenizer or FLAGS.checkpoint)
-    options = defaults_for(FLAGS.checkpoint, tokenizer)
+    options = defaults_for(model, tokenizer)
     options.update({k: getattr(FLAGS, k) for k in OPTIONS if getattr(FLAGS, k) is not None})
     if options.get("eos_token_id") == -1:
         options["eos_token_id"] = None

@@ -246,7 +246,7 @@ def test_generate_text_for_the_cli(gpt2):
     from gptjax.generation.text import defaults_for, generate_text
 
     tokenizer = Tokenizer.from_pretrained(FOLDER)
-    assert defaults_for(FOLDER, tokenizer)["eos_token_id"] == 0  # generation_config.json
+    assert defaults_for(gpt2, tokenizer)["eos_token_id"] == 0  # generation_config.json
     eos = json.loads((GOLDEN / "generation.json").read_text())["eos_token_id"]
     prompts = ["We know't, we know't.", "You are all resolved rather to die"]
     results = generate_text(gpt2, tokenizer, prompts, max_length=50, eos_token_id=eos)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any, Sequence
 
 import numpy as np
 
-from gptjax.generation.config import GenerationError, load_generation_defaults
+from gptjax.generation.config import GenerationError, model_defaults
 
 
-def defaults_for(checkpoint, tokenizer) -> dict[str, Any]:
-    """Generation defaults of a checkpoint folder (its generation_config.json / config.json),
-    with the tokenizer's eos and pad ids where the folder names none."""
-    folder = pathlib.Path(checkpoint)
-    defaults = load_generation_defaults(folder) if folder.is_dir() else {}
+def defaults_for(model, tokenizer) -> dict[str, Any]:
+    """The model's generation defaults (GPT.from_pretrained attaches its folder's
+    generation_config.json / config.json), with the tokenizer's eos and pad ids where they name
+    none."""
+    defaults = model_defaults(model)
     if defaults.get("eos_token_id") is None and tokenizer.eos_token_id is not None:
         defaults["eos_token_id"] = tokenizer.eos_token_id
     if defaults.get("pad_token_id") is None and tokenizer.pad_token_id is not None:
