@@ -1,4 +1,4 @@
-"""Per-layer, per-head attention heatmaps for a prompt and a checkpoint.
+r"""Per-layer, per-head attention heatmaps for a prompt and a checkpoint.
 
     python -m experiments.attention_maps --checkpoint=tests/golden/tiny-gpt2 \
         --prompt="To be, or not to be" --outdir=/tmp/maps

@@ -1,4 +1,4 @@
-"""Training throughput of a recipe against nanoGPT's, on this machine.
+r"""Training throughput of a recipe against nanoGPT's, on this machine.
 
     python -m experiments.bench_train --config=configs/shakespeare_char_cpu.py \
         --config.data.text_file=../shared/data/tinyshakespeare.txt --full

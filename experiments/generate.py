@@ -1,4 +1,4 @@
-"""Generate text from a checkpoint, with Hugging Face `generate`'s options and semantics.
+r"""Generate text from a checkpoint, with Hugging Face `generate`'s options and semantics.
 
     python -m experiments.generate --checkpoint=PATH --prompt="The quick brown fox jumps over the" \
         --max_length=50 --num_beams=5 --no_repeat_ngram_size=2

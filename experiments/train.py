@@ -1,4 +1,4 @@
-"""Train a GPT from a config file; resume when the workdir already holds checkpoints.
+r"""Train a GPT from a config file; resume when the workdir already holds checkpoints.
 
     python -m experiments.train --config=configs/quickstart.py --workdir=/tmp/gptjax-quickstart
     python -m experiments.train --config=configs/shakespeare_char_cpu.py \
