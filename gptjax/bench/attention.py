@@ -156,7 +156,7 @@ def speed_ratios(cases):
     least as fast) and blockwise time / xla time (<= 2: blockwise within 2x of xla)."""
     t = {(c.kernel, c.layout, c.pass_, c.seq_len): c.time_ms for c in cases if c.status == "ok"}
     rows = []
-    for layout, pass_, n in sorted({k[1:] for k in t}, key=lambda k: (k[0], k[1], k[2])):
+    for layout, pass_, n in sorted({k[1:] for k in t}):
         xla = t.get(("xla", layout, pass_, n))
         if xla is None:
             continue
