@@ -33,24 +33,29 @@ KERNELS: dict[str, Kernel] = {}
 
 @dataclasses.dataclass(frozen=True)
 class Requirements:
-    """Where a kernel runs: JAX backends ('cpu', 'gpu', 'tpu') and compute dtypes; None: any."""
+    """Where a kernel runs: JAX backends ('cpu', 'gpu', 'tpu') and compute dtypes (None: any),
+    and what to use elsewhere."""
 
     backends: tuple[str, ...] | None = None
     dtypes: tuple[str, ...] | None = None
+    instead: str = "'xla'"
 
 
 REQUIREMENTS: dict[str, Requirements] = {}
 
 
-def register(name: str, *, backends=None, dtypes=None) -> Callable[[Kernel], Kernel]:
+def register(name: str, *, backends=None, dtypes=None,
+             instead: str = "'xla'") -> Callable[[Kernel], Kernel]:
     """Add a kernel to the registry under `name` (what `model.attention` selects).
 
-    backends, dtypes: what it runs on, when not everything (checked before any data or compile).
+    backends, dtypes: what it runs on, when not everything (checked before any data or compile);
+    instead: the kernel(s) its error names for other backends.
     """
 
     def add(fn: Kernel) -> Kernel:
         KERNELS[name] = fn
-        REQUIREMENTS[name] = Requirements(backends and tuple(backends), dtypes and tuple(dtypes))
+        REQUIREMENTS[name] = Requirements(backends and tuple(backends), dtypes and tuple(dtypes),
+                                          instead)
         return fn
 
     return add
@@ -72,8 +77,8 @@ def check_available(name: str, backend: str | None = None, *, dtype=None) -> Non
         if backend not in needs.backends:
             raise ValueError(
                 f"model.attention={name!r} needs a {' or '.join(b.upper() for b in needs.backends)}"
-                f", but JAX's backend is {backend!r}; use model.attention='xla' here (a saved "
-                f"model: GPT.from_pretrained(path, attention='xla'))")
+                f", but JAX's backend is {backend!r}; use model.attention={needs.instead} here "
+                f"(a saved model: GPT.from_pretrained(path, attention='xla'))")
     if dtype is not None and needs.dtypes is not None and jnp.dtype(dtype).name not in needs.dtypes:
         raise ValueError(f"model.attention={name!r} computes in {list(needs.dtypes)} only, not "
                          f"{jnp.dtype(dtype).name!r}; set model.dtype={needs.dtypes[0]!r} or use "

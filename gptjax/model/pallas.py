@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax.model.kernels import register
+from gptjax.model.kernels import check_available, register
 from gptjax.model.masks import Mask
 
 # True: run the GPU op in Pallas interpret mode on any backend (slow; for tests on a CPU).
@@ -35,7 +35,7 @@ MIN_BLOCK = 16
 
 
 # Runs start only on a GPU/TPU (kernels.check_available); interpret mode is for direct calls.
-@register("pallas", backends=("gpu", "tpu"))
+@register("pallas", backends=("gpu", "tpu"), instead="'blockwise' or 'xla'")
 def pallas_attention(q, k, v, mask: Mask | None = None, *, dropout_rate=0.0, dropout_rng=None,
                      block_q: int = 128, block_k: int = 128, block_bwd: int = 32,
                      interpret: bool | None = None):
@@ -45,11 +45,9 @@ def pallas_attention(q, k, v, mask: Mask | None = None, *, dropout_rate=0.0, dro
     The sequence is zero-padded to a multiple of the tiles; the padding is hidden from real keys.
     """
     interpret = INTERPRET if interpret is None else interpret
+    if not interpret:
+        check_available("pallas")  # a GPU or TPU
     backend = jax.default_backend()
-    if not interpret and backend not in ("gpu", "tpu"):
-        raise ValueError(
-            f"model.attention='pallas' needs a GPU or TPU, but JAX's backend is {backend!r}; "
-            "use model.attention='blockwise' or 'xla' here")
     causal = _check(q, k, mask, dropout_rate, dropout_rng)
     b, t, h, d = q.shape
     # Power-of-two tiles no larger than the (padded) sequence; pad T to a multiple of both.
