@@ -78,14 +78,10 @@ class ModelConfig:
 
         if self.attention not in KERNELS:
             _fail("model.attention", self.attention, f"choose one of {sorted(KERNELS)}")
-        if self.attention == "blockwise" and self.dropout > 0:
-            _fail("model.dropout", self.dropout, "model.attention='blockwise' has no "
-                  "attention-weight dropout; set model.dropout=0 or choose another kernel")
         if self.attention == "pallas":  # the Pallas flash ops: causal or padding masks only
             for field, value, unsupported, fix in (
                     ("window", self.window, self.window is not None, "model.window=None"),
-                    ("position", self.position, self.position == "alibi", "model.position='rope'"),
-                    ("dropout", self.dropout, self.dropout > 0, "model.dropout=0")):
+                    ("position", self.position, self.position == "alibi", "model.position='rope'")):
                 if unsupported:
                     _fail(f"model.{field}", value, f"model.attention='pallas' cannot apply it; "
                           f"set {fix} or use model.attention='blockwise' or 'xla'")
@@ -138,7 +134,12 @@ def _check_attention_options(m: ModelConfig) -> None:
             or m.rope_theta <= 0:  # 0 or less makes RoPE's frequencies inf/NaN
         _fail("model.rope_theta", m.rope_theta,
               "must be a positive number (RoPE's base wavelength; 10000 in Su et al. 2021)")
-    dtypes = REQUIREMENTS.get(m.attention, Requirements()).dtypes
+    needs = REQUIREMENTS.get(m.attention, Requirements())
+    if not needs.dropout and m.dropout > 0:
+        _fail("model.dropout", m.dropout, f"model.attention={m.attention!r} has no "
+              "attention-weight dropout; set model.dropout=0, or choose model.attention="
+              "'reference' (or 'xla', which falls back to it) to train with dropout")
+    dtypes = needs.dtypes
     if dtypes is not None and m.dtype not in dtypes:
         _fail("model.dtype", m.dtype, f"model.attention={m.attention!r} computes in "
               f"{list(dtypes)} only; set model.dtype={dtypes[0]!r} or choose model.attention='xla'")
@@ -149,10 +150,6 @@ def _check_attention_options(m: ModelConfig) -> None:
                   f"and at most {CUDNN_MAX_HEAD_DIM} (128 before Hopper GPUs), but "
                   f"{m.d_model}/{m.num_heads}={m.head_dim}; change model.num_heads or "
                   "model.d_model, or choose model.attention='xla'")
-        if m.dropout > 0:  # jax.nn.dot_product_attention takes no dropout rate
-            _fail("model.dropout", m.dropout, "model.attention='cudnn' has no attention-weight "
-                  "dropout, so training would silently run the reference kernel instead; set "
-                  "model.dropout=0, or choose model.attention='reference' to train with it")
 
 
 def _check_attention_lengths(m: ModelConfig, seq_len: int) -> None:

@@ -20,7 +20,7 @@ NEG = jnp.finfo(jnp.float32).min
 FAR = 2.0 ** 30  # slot of a padding key: later than every query, so causality hides it
 
 
-@register("blockwise")
+@register("blockwise", dropout=False)
 def blockwise_attention(q, k, v, mask: Mask | None = None, *, dropout_rate=0.0,
                         dropout_rng=None, block_q: int = 512, block_k: int = 512):
     """Same contract as the other kernels (see kernels.py); no attention-weight dropout."""

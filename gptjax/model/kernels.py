@@ -34,28 +34,30 @@ KERNELS: dict[str, Kernel] = {}
 @dataclasses.dataclass(frozen=True)
 class Requirements:
     """Where a kernel runs: JAX backends ('cpu', 'gpu', 'tpu') and compute dtypes (None: any),
-    and what to use elsewhere."""
+    what to use elsewhere, and whether it applies attention-weight dropout."""
 
     backends: tuple[str, ...] | None = None
     dtypes: tuple[str, ...] | None = None
     instead: str = "'xla'"
+    dropout: bool = True
 
 
 REQUIREMENTS: dict[str, Requirements] = {}
 
 
-def register(name: str, *, backends=None, dtypes=None,
-             instead: str = "'xla'") -> Callable[[Kernel], Kernel]:
+def register(name: str, *, backends=None, dtypes=None, instead: str = "'xla'",
+             dropout: bool = True) -> Callable[[Kernel], Kernel]:
     """Add a kernel to the registry under `name` (what `model.attention` selects).
 
     backends, dtypes: what it runs on, when not everything (checked before any data or compile);
-    instead: the kernel(s) its error names for other backends.
+    instead: the kernel(s) its error names for other backends; dropout: False if it has no
+    attention-weight dropout (the config then refuses model.dropout > 0).
     """
 
     def add(fn: Kernel) -> Kernel:
         KERNELS[name] = fn
         REQUIREMENTS[name] = Requirements(backends and tuple(backends), dtypes and tuple(dtypes),
-                                          instead)
+                                          instead, dropout)
         return fn
 
     return add
@@ -131,7 +133,7 @@ register("xla")(functools.partial(_dot_product_attention, implementation="xla"))
 
 # jax's cuDNN path (jax/_src/cudnn/fused_attention_stablehlo.py) rejects other dtypes; the
 # config also checks its head_dim, dropout and training lengths (gptjax.config).
-@register("cudnn", backends=("gpu",), dtypes=("bfloat16", "float16"))
+@register("cudnn", backends=("gpu",), dtypes=("bfloat16", "float16"), dropout=False)
 def cudnn_attention(q, k, v, mask=None, *, dropout_rate=0.0, dropout_rng=None):
     """jax.nn.dot_product_attention's cuDNN fused kernel (GPU only, fp16/bf16)."""
     check_available("cudnn", dtype=q.dtype)  # direct callers get the message, not jax's

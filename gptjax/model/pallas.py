@@ -35,7 +35,7 @@ MIN_BLOCK = 16
 
 
 # Runs start only on a GPU/TPU (kernels.check_available); interpret mode is for direct calls.
-@register("pallas", backends=("gpu", "tpu"), instead="'blockwise' or 'xla'")
+@register("pallas", backends=("gpu", "tpu"), instead="'blockwise' or 'xla'", dropout=False)
 def pallas_attention(q, k, v, mask: Mask | None = None, *, dropout_rate=0.0, dropout_rng=None,
                      block_q: int = 128, block_k: int = 128, block_bwd: int = 32,
                      interpret: bool | None = None):
