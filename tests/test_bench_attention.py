@@ -2,6 +2,7 @@
 
 import csv
 
+import numpy as np
 import pytest
 
 from gptjax.bench import attention as bench
@@ -33,11 +34,22 @@ def test_report_has_table_speed_ratios_and_plots(cases, tmp_path):
         assert len(list(csv.DictReader(f))) == len(cases)
     for name in ("attention_time.png", "attention_memory.png"):
         assert (tmp_path / name).stat().st_size > 0
-    by = {(c.kernel, c.layout, c.pass_, c.seq_len): c.time_ms for c in cases}
+    by = {(c.kernel, c.layout, c.pass_, c.seq_len): c.rounds_ms for c in cases}
     for layout, pass_, n, ref_over_xla, blk_over_xla in bench.speed_ratios(cases):
         xla = by["xla", layout, pass_, n]
-        assert ref_over_xla == pytest.approx(by["reference", layout, pass_, n] / xla)
-        assert blk_over_xla == pytest.approx(by["blockwise", layout, pass_, n] / xla)
+        for ratio, other in ((ref_over_xla, "reference"), (blk_over_xla, "blockwise")):
+            paired = [a / b for a, b in zip(by[other, layout, pass_, n], xla)]
+            assert ratio == pytest.approx((np.median(paired), min(paired), max(paired)))
+
+
+def test_kernels_of_one_length_are_timed_in_shared_rounds():
+    cases = bench.measure_together(["reference", "xla", "blockwise"], 32, "mqa", "fwd+bwd",
+                                   heads=2, head_dim=8, repeats=4, min_seconds=0.05)
+    rounds = {len(c.rounds_ms) for c in cases}
+    assert len(rounds) == 1 and rounds.pop() >= 4
+    for c in cases:
+        assert c.time_ms == pytest.approx(np.median(c.rounds_ms))
+        assert sum(c.rounds_ms) >= 50 or len(c.rounds_ms) == 200  # min_seconds, or the cap
 
 
 def test_a_case_over_the_memory_budget_is_oom_and_so_are_longer_ones():

@@ -37,6 +37,7 @@ class Case:
     memory_mib: float | None = None
     tflops: float | None = None
     note: str = ""
+    rounds_ms: list[float] | None = None  # each timed run, in rounds shared with the others
 
 
 def available_memory_bytes() -> int:
@@ -54,83 +55,126 @@ def attention_flops(seq_len, heads, head_dim, batch, pass_):
     return fwd if pass_ == "fwd" else fwd * 3.5
 
 
-def measure(kernel_name, seq_len, layout, pass_, *, heads=12, head_dim=64, batch=1,
-            dtype=jnp.float32, repeats=3, min_seconds=1.0, memory_budget=None) -> Case:
-    """One kernel x length x layout x pass: compile time, XLA's planned memory, and the median
-    of at least `repeats` timed runs and of as many as fill `min_seconds` (short cases take
-    tens of runs, so their medians are not one scheduler hiccup)."""
-    case = Case(kernel_name, seq_len, layout, pass_)
-    try:  # a kernel this backend or dtype cannot run is a result, not a crash
-        kernels.check_available(kernel_name, dtype=dtype)
-    except ValueError as e:
-        case.status, case.note = "unavailable", str(e).split(";")[0][:120]
-        return case
+def measure(kernel_name, seq_len, layout, pass_, **kw) -> Case:
+    """One kernel x length x layout x pass on its own (see `measure_together`)."""
+    return measure_together([kernel_name], seq_len, layout, pass_, **kw)[0]
+
+
+def measure_together(kernel_names, seq_len, layout, pass_, *, heads=12, head_dim=64, batch=1,
+                     dtype=jnp.float32, repeats=3, min_seconds=1.0,
+                     memory_budget=None) -> list[Case]:
+    """Kernels on the same inputs: compile time, XLA's planned memory, and timed runs taken in
+    rounds (one run of each kernel per round, each round starting with the next), so a slow
+    spell of the machine hits all of them alike and their per-round ratios compare like with
+    like. At least `repeats` rounds, and as many as fill `min_seconds` per kernel (short cases
+    take tens of rounds).
+
+    fwd+bwd is the vector-Jacobian product of a random output cotangent: with a constant one
+    (the gradient of sum(out)) XLA simplifies the backward differently for each kernel.
+    """
     kv_heads = 1 if LAYOUTS[layout] is None else heads // LAYOUTS[layout]
-    kernel = kernels.get_kernel(kernel_name)
-    mask = causal(seq_len)
     q_shape = (batch, seq_len, heads, head_dim)
     kv_shape = (batch, seq_len, kv_heads, head_dim)
+    shapes = [q_shape, kv_shape, kv_shape] + ([q_shape] if pass_ == "fwd+bwd" else [])
+    spec = [jax.ShapeDtypeStruct(s, dtype) for s in shapes]
+    budget = memory_budget or available_memory_bytes()
+    cases, runners = [], {}
+    for name in kernel_names:
+        case = Case(name, seq_len, layout, pass_)
+        cases.append(case)
+        compiled = _compile(case, spec, dtype, budget)
+        if compiled is not None:
+            runners[name] = compiled
+    keys = jax.random.split(jax.random.key(0), len(spec))
+    args = [jax.random.normal(k, s.shape, dtype) for k, s in zip(keys, spec)]
+    times = {name: [] for name in runners}
+    warm = set()  # the first run of each kernel is its warm-up, not timed
+    by_name = {c.kernel: c for c in cases}
+    turn = 0
+    while runners:
+        order = list(runners.items())
+        turn += 1  # each round starts with the next kernel, so none always runs first
+        for name, compiled in order[turn % len(order):] + order[:turn % len(order)]:
+            try:
+                start = time.perf_counter()
+                jax.block_until_ready(compiled(*args))
+                elapsed = time.perf_counter() - start
+            except Exception as e:  # noqa: BLE001 -- an allocation failure is a result
+                oom = "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower()
+                by_name[name].status = "oom" if oom else "error"
+                by_name[name].note = str(e).split("\n")[0][:120]
+                del runners[name], times[name]
+                continue
+            if name in warm:
+                times[name].append(elapsed)
+            warm.add(name)
+        enough = [len(t) >= repeats and (sum(t) >= min_seconds or len(t) >= 200)
+                  for t in times.values()]
+        if all(enough):
+            break
+    for name, t in times.items():
+        case = by_name[name]
+        seconds = statistics.median(t)
+        case.rounds_ms = [x * 1e3 for x in t]
+        case.time_ms = seconds * 1e3
+        case.tflops = attention_flops(seq_len, heads, head_dim, batch, pass_) / seconds / 1e12
+    return cases
+
+
+def _compile(case, spec, dtype, budget):
+    """The compiled kernel, or None with case.status saying why it cannot run."""
+    try:  # a kernel this backend or dtype cannot run is a result, not a crash
+        kernels.check_available(case.kernel, dtype=dtype)
+    except ValueError as e:
+        case.status, case.note = "unavailable", str(e).split(";")[0][:120]
+        return None
+    kernel = kernels.get_kernel(case.kernel)
+    mask = causal(case.seq_len)
 
     def fwd(q, k, v):
         return kernel(q, k, v, mask)
 
-    def fwd_bwd(q, k, v):
-        return jax.grad(lambda q, k, v: jnp.sum(fwd(q, k, v)), argnums=(0, 1, 2))(q, k, v)
+    def fwd_bwd(q, k, v, dout):
+        return jax.vjp(fwd, q, k, v)[1](dout)
 
-    fn = jax.jit(fwd if pass_ == "fwd" else fwd_bwd)
-    spec = [jax.ShapeDtypeStruct(s, dtype) for s in (q_shape, kv_shape, kv_shape)]
+    fn = jax.jit(fwd if case.pass_ == "fwd" else fwd_bwd)
     try:
         start = time.perf_counter()
         compiled = fn.lower(*spec).compile()
         case.compile_s = time.perf_counter() - start
     except (ValueError, NotImplementedError) as e:  # e.g. a head_dim cuDNN does not take
         case.status, case.note = "unavailable", str(e).split("\n")[0][:120]
-        return case
+        return None
     plan = compiled.memory_analysis()
     if plan is not None:
         planned = (plan.temp_size_in_bytes + plan.argument_size_in_bytes
                    + plan.output_size_in_bytes)
         case.memory_mib = planned / 2**20
-        budget = memory_budget or available_memory_bytes()
         if planned > budget:
             case.status = "oom"
             case.note = f"plans {planned / 2**30:.1f} GiB > {budget / 2**30:.1f} GiB available"
-            return case
-    keys = jax.random.split(jax.random.key(0), 3)
-    args = [jax.random.normal(k, s.shape, dtype) for k, s in zip(keys, spec)]
-    try:
-        jax.block_until_ready(compiled(*args))  # warm-up
-        times = []
-        while len(times) < repeats or (sum(times) < min_seconds and len(times) < 200):
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(*args))
-            times.append(time.perf_counter() - start)
-    except Exception as e:  # noqa: BLE001 -- an allocation failure is a result, not a crash
-        if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
-            case.status, case.note = "oom", str(e).split("\n")[0][:120]
-            return case
-        case.status, case.note = "error", str(e).split("\n")[0][:120]
-        return case
-    seconds = statistics.median(times)
-    case.time_ms = seconds * 1e3
-    case.tflops = attention_flops(seq_len, heads, head_dim, batch, pass_) / seconds / 1e12
-    return case
+            return None
+    return compiled
 
 
 def run(kernel_names, lengths, layouts, passes=("fwd", "fwd+bwd"), *, log=print, **kw):
+    """Every kernel x length x layout x pass; the kernels of one length are timed together."""
     cases = []
     for layout in layouts:
         for pass_ in passes:
-            for name in kernel_names:
-                gave_up = False  # once a kernel runs out of memory, longer lengths will too
-                for n in lengths:
-                    if gave_up:
-                        cases.append(Case(name, n, layout, pass_, "oom", note="shorter length OOM"))
-                    else:
-                        cases.append(measure(name, n, layout, pass_, **kw))
-                        gave_up = cases[-1].status == "oom"
-                    log(_row(cases[-1]))
-    return cases
+            gave_up = set()  # once a kernel runs out of memory, longer lengths will too
+            for n in lengths:
+                live = [name for name in kernel_names if name not in gave_up]
+                measured = {c.kernel: c for c in measure_together(live, n, layout, pass_, **kw)}
+                for name in kernel_names:
+                    case = measured.get(name) or Case(name, n, layout, pass_, "oom",
+                                                      note="shorter length OOM")
+                    gave_up |= {name} if case.status == "oom" else set()
+                    cases.append(case)
+                    log(_row(case))
+    order = {name: i for i, name in enumerate(kernel_names)}
+    return sorted(cases, key=lambda c: (layouts.index(c.layout), passes.index(c.pass_),
+                                        order[c.kernel], c.seq_len))
 
 
 def _row(c: Case) -> str:
@@ -153,26 +197,34 @@ def memory_ratios(cases, baseline="reference", kernel="blockwise", lengths=(4096
 
 def speed_ratios(cases):
     """Per layout, pass and length where both ran: reference time / xla time (>= 1: xla is at
-    least as fast) and blockwise time / xla time (<= 2: blockwise within 2x of xla)."""
-    t = {(c.kernel, c.layout, c.pass_, c.seq_len): c.time_ms for c in cases if c.status == "ok"}
+    least as fast) and blockwise time / xla time (<= 2: blockwise within 2x of xla), each the
+    median over the rounds they were timed in together, with the rounds' (min, max)."""
+    by = {(c.kernel, c.layout, c.pass_, c.seq_len): c.rounds_ms for c in cases
+          if c.status == "ok"}
     rows = []
-    for layout, pass_, n in sorted({k[1:] for k in t}):
-        xla = t.get(("xla", layout, pass_, n))
+    for layout, pass_, n in sorted({k[1:] for k in by}):
+        xla = by.get(("xla", layout, pass_, n))
         if xla is None:
             continue
-        ref, blk = t.get(("reference", layout, pass_, n)), t.get(("blockwise", layout, pass_, n))
-        rows.append((layout, pass_, n, None if ref is None else ref / xla,
-                     None if blk is None else blk / xla))
+        ratios = []
+        for other in ("reference", "blockwise"):
+            mine = by.get((other, layout, pass_, n))
+            paired = None if mine is None else [a / b for a, b in zip(mine, xla)]
+            ratios.append(None if not paired else
+                          (statistics.median(paired), min(paired), max(paired)))
+        rows.append((layout, pass_, n, *ratios))
     return rows
 
 
 def write_report(cases, outdir, *, title="Attention kernels", command=""):
-    """CSV, JSON, a markdown table and log-log plots of time and memory against length."""
+    """CSV, JSON (with every timed round), a markdown table and log-log plots of time and
+    memory against length."""
     outdir = pathlib.Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     rows = [dataclasses.asdict(c) for c in cases]
     with open(outdir / "attention.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "rounds_ms"],
+                                extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     (outdir / "attention.json").write_text(json.dumps(rows, indent=1))
@@ -190,9 +242,11 @@ def write_report(cases, outdir, *, title="Attention kernels", command=""):
             f"{n // 1024}k: {r:.1f}x" for n, r in ratios.items()), ""]
     speed = speed_ratios(cases)
     if speed:
-        fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
-        lines += ["Speed against xla (time ratios; reference / xla >= 1 means xla is at least as "
-                  "fast, blockwise / xla <= 2 means blockwise is within 2x of xla):", "",
+        fmt = lambda r: "-" if r is None else f"{r[0]:.2f} ({r[1]:.2f}-{r[2]:.2f})"  # noqa: E731
+        lines += ["Speed against xla: time ratios, the median over rounds in which the kernels "
+                  "ran one after another on the same inputs (min-max over rounds). "
+                  "reference / xla >= 1 means xla is at least as fast; blockwise / xla <= 2 "
+                  "means blockwise is within 2x of xla.", "",
                   "| heads | pass | seq_len | reference / xla | blockwise / xla |",
                   "|---|---|---|---|---|"]
         lines += [f"| {a} | {b} | {n} | {fmt(r)} | {fmt(k)} |" for a, b, n, r, k in speed]
