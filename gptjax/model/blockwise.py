@@ -42,20 +42,25 @@ def blockwise_attention(q, k, v, mask: Mask | None = None, *, dropout_rate=0.0,
     valid = jnp.pad(valid, ((0, 0), (0, sp - s)))
     has_alibi = mask.alibi_slopes is not None
     slopes = mask.alibi_slopes.astype(jnp.float32) if has_alibi else jnp.zeros((h,), jnp.float32)
-    # [batch, blocks, block, kv_heads, group, head_dim]: each K/V head serves `group` queries.
+    # Queries [batch, blocks, kv_heads, group, block, head_dim] (each K/V head serves `group`
+    # query heads), keys and values [batch, blocks, kv_heads, block, head_dim]: every tile's
+    # products are then batched over heads with rows in order, so no tile is transposed.
     qb = jnp.pad(q, ((0, 0), (0, tp - t), (0, 0), (0, 0)))
-    qb = qb.reshape(b, tp // bq, bq, kv_heads, h // kv_heads, d)
-    kb = jnp.pad(k, ((0, 0), (0, sp - s), (0, 0), (0, 0))).reshape(b, sp // bk, bk, kv_heads, d)
-    vb = jnp.pad(v, ((0, 0), (0, sp - s), (0, 0), (0, 0))).reshape(b, sp // bk, bk, kv_heads, d)
-    out = _flash(qb, kb, vb, q_slots, kv_slots, valid, slopes.reshape(kv_heads, -1),
-                 mask.window, has_alibi)
-    return out.reshape(b, tp, h, d)[:, :t].astype(q.dtype)
+    qb = qb.reshape(b, tp // bq, bq, kv_heads, h // kv_heads, d).transpose(0, 1, 3, 4, 2, 5)
+
+    def blocks(x):
+        x = jnp.pad(x, ((0, 0), (0, sp - s), (0, 0), (0, 0)))
+        return x.reshape(b, sp // bk, bk, kv_heads, d).transpose(0, 1, 3, 2, 4)
+
+    out = _flash(qb, blocks(k), blocks(v), q_slots, kv_slots, valid,
+                 slopes.reshape(kv_heads, -1), mask.window, has_alibi)
+    return out.transpose(0, 1, 4, 2, 3, 5).reshape(b, tp, h, d)[:, :t].astype(q.dtype)
 
 
 def _tile(qi, kj, qs, ks, valid_j, slopes, window, has_alibi):
     """Scores [b, kv_heads, group, bq, bk] (float32) and the boolean mask of one tile."""
     scale = 1.0 / jnp.sqrt(jnp.float32(qi.shape[-1]))
-    scores = jnp.einsum("bqhgd,bkhd->bhgqk", qi, kj, preferred_element_type=jnp.float32) * scale
+    scores = jnp.einsum("bhgqd,bhkd->bhgqk", qi, kj, preferred_element_type=jnp.float32) * scale
     distance = qs[:, None] - ks[None, :]
     if has_alibi:
         scores = scores - slopes[None, :, :, None, None] * distance
@@ -71,11 +76,11 @@ def _any(allowed):
 
 
 def _forward(qb, kb, vb, q_slots, kv_slots, valid, slopes, window, has_alibi):
-    b, nq, bq, hk, g, d = qb.shape
-    nk, bk = kb.shape[1], kb.shape[2]
+    b, nq, hk, g, bq, d = qb.shape
+    nk, bk = kb.shape[1], kb.shape[3]
 
     def one_q_block(args):
-        qi, qs = args  # [b, bq, hk, g, d], [bq]
+        qi, qs = args  # [b, hk, g, bq, d], [bq]
 
         def step(carry, kv):
             o, m, l = carry
@@ -89,7 +94,7 @@ def _forward(qb, kb, vb, q_slots, kv_slots, valid, slopes, window, has_alibi):
                 correction = jnp.exp(m - m_new)
                 l = l * correction + p.sum(-1)
                 o = o * correction[..., None] + jnp.einsum(
-                    "bhgqk,bkhd->bhgqd", p, vj, preferred_element_type=jnp.float32)
+                    "bhgqk,bhkd->bhgqd", p, vj, preferred_element_type=jnp.float32)
                 return o, m_new, l
 
             visible = _any(_tile_mask(qs, ks, valid_j, window))
@@ -103,10 +108,10 @@ def _forward(qb, kb, vb, q_slots, kv_slots, valid, slopes, window, has_alibi):
         live = l > 0  # a padding query that sees no key gets zeros, not NaN
         o = jnp.where(live[..., None], o / jnp.where(live, l, 1.0)[..., None], 0.0)
         lse = jnp.where(live, m + jnp.log(jnp.where(live, l, 1.0)), NEG)
-        return jnp.einsum("bhgqd->bqhgd", o), lse
+        return o, lse
 
     out, lse = jax.lax.map(one_q_block, (jnp.moveaxis(qb, 1, 0), q_slots.reshape(nq, bq)))
-    return jnp.moveaxis(out, 0, 1), lse  # out [b, nq, bq, hk, g, d]; lse [nq, b, hk, g, bq]
+    return jnp.moveaxis(out, 0, 1), lse  # out [b, nq, hk, g, bq, d]; lse [nq, b, hk, g, bq]
 
 
 def _tile_mask(qs, ks, valid_j, window):
@@ -129,12 +134,12 @@ def _flash_fwd(qb, kb, vb, q_slots, kv_slots, valid, slopes, window, has_alibi):
 
 def _flash_bwd(window, has_alibi, residuals, dout):
     qb, kb, vb, q_slots, kv_slots, valid, slopes, out, lse = residuals
-    b, nq, bq, hk, g, d = qb.shape
-    nk, bk = kb.shape[1], kb.shape[2]
+    b, nq, hk, g, bq, d = qb.shape
+    nk, bk = kb.shape[1], kb.shape[3]
     scale = 1.0 / jnp.sqrt(jnp.float32(d))
     dout = dout.astype(jnp.float32)
     # D_i = rowsum(dO_i * O_i): [nq, b, hk, g, bq]
-    delta = jnp.moveaxis(jnp.einsum("bnqhgd,bnqhgd->nbhgq", dout, out), 0, 0)
+    delta = jnp.einsum("bnhgqd,bnhgqd->nbhgq", dout, out)
     qs_all, ks_all = q_slots.reshape(nq, bq), kv_slots.reshape(nk, bk)
     valid_all = jnp.moveaxis(valid.reshape(-1, nk, bk), 1, 0)
 
@@ -146,40 +151,34 @@ def _flash_bwd(window, has_alibi, residuals, dout):
         return jnp.where(allowed, jnp.exp(scores - lse[i_q][..., None]), 0.0)
 
     def dscores(i_q, i_k, p):
-        dp = jnp.einsum("bqhgd,bkhd->bhgqk", dout[:, i_q], vb[:, i_k],
+        dp = jnp.einsum("bhgqd,bhkd->bhgqk", dout[:, i_q], vb[:, i_k],
                         preferred_element_type=jnp.float32)
         return p * (dp - delta[i_q][..., None])
 
     def visible(i_q, i_k):
         return _any(_tile_mask(qs_all[i_q], ks_all[i_k], valid_all[i_k], window))
 
-    def dq_block(i_q):
-        def step(dq, i_k):
-            def add(dq):
-                ds = dscores(i_q, i_k, probs(i_q, i_k))
-                return dq + jnp.einsum("bhgqk,bkhd->bqhgd", ds, kb[:, i_k]) * scale
-            return jax.lax.cond(visible(i_q, i_k), add, lambda x: x, dq), None
+    def kv_block(dq, i_k):
+        """dK, dV of key block i_k, adding its share of every dQ on the way (FlashAttention-2's
+        loop order: each tile's weights and score gradients are recomputed once)."""
+        kj = kb[:, i_k]
 
-        dq, _ = jax.lax.scan(step, jnp.zeros((b, bq, hk, g, d), jnp.float32), jnp.arange(nk))
-        return dq
-
-    def dkv_block(i_k):
         def step(carry, i_q):
             def add(carry):
-                dk, dv = carry
+                dk, dv, dq = carry
                 p = probs(i_q, i_k)
-                dv = dv + jnp.einsum("bhgqk,bqhgd->bkhd", p, dout[:, i_q])
-                ds = dscores(i_q, i_k, p)
-                dk = dk + jnp.einsum("bhgqk,bqhgd->bkhd", ds, qb[:, i_q]) * scale
-                return dk, dv
+                dv = dv + jnp.einsum("bhgqk,bhgqd->bhkd", p, dout[:, i_q])
+                ds = dscores(i_q, i_k, p) * scale
+                dk = dk + jnp.einsum("bhgqk,bhgqd->bhkd", ds, qb[:, i_q])
+                dq = dq.at[:, i_q].add(jnp.einsum("bhgqk,bhkd->bhgqd", ds, kj))
+                return dk, dv, dq
             return jax.lax.cond(visible(i_q, i_k), add, lambda x: x, carry), None
 
-        zeros = jnp.zeros((b, bk, hk, d), jnp.float32)
-        (dk, dv), _ = jax.lax.scan(step, (zeros, zeros), jnp.arange(nq))
-        return dk, dv
+        zeros = jnp.zeros((b, hk, bk, d), jnp.float32)
+        (dk, dv, dq), _ = jax.lax.scan(step, (zeros, zeros, dq), jnp.arange(nq))
+        return dq, (dk, dv)
 
-    dq = jnp.moveaxis(jax.lax.map(dq_block, jnp.arange(nq)), 0, 1)
-    dk, dv = jax.lax.map(dkv_block, jnp.arange(nk))
+    dq, (dk, dv) = jax.lax.scan(kv_block, jnp.zeros(qb.shape, jnp.float32), jnp.arange(nk))
     dk, dv = jnp.moveaxis(dk, 0, 1), jnp.moveaxis(dv, 0, 1)
     return (dq.astype(qb.dtype), dk.astype(kb.dtype), dv.astype(vb.dtype),
             jnp.zeros_like(q_slots), jnp.zeros_like(kv_slots), jnp.zeros_like(valid),
