@@ -231,6 +231,22 @@ def test_hub_name_without_hub_is_a_clear_error(monkeypatch):
         GPT.from_pretrained("someone/gpt2-nowhere")
 
 
+def test_hub_id_gets_the_snapshot_generation_defaults(monkeypatch):
+    """A hub id loads from its downloaded snapshot folder, generation_config.json included."""
+    hub = pytest.importorskip("huggingface_hub")
+    asked = []
+
+    def snapshot(repo_id, **kwargs):
+        asked.append(repo_id)
+        return str(TINY)
+
+    monkeypatch.setattr(hub, "snapshot_download", snapshot)
+    model = GPT.from_pretrained("someone/tiny-gpt2")
+    declared = json.loads((TINY / "generation_config.json").read_text())
+    assert asked == ["someone/tiny-gpt2"]
+    assert model.generation_config.eos_token_id == declared["eos_token_id"]
+
+
 def test_registered_format_is_dispatched(tmp_path, monkeypatch):
     (tmp_path / "checkpoint.marker").write_text("")
     seen = {}

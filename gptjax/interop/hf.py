@@ -274,7 +274,7 @@ def load_hf(folder: pathlib.Path, **overrides) -> GPT:
     return params_from_hf(cfg, tensors, source)
 
 
-def _resolve(path) -> pathlib.Path:
+def resolve_folder(path) -> pathlib.Path:
     """A local folder, or a hub repo id (e.g. 'gpt2') fetched by huggingface_hub if installed."""
     folder = pathlib.Path(path).expanduser()
     if folder.is_dir():
@@ -312,7 +312,7 @@ def load_gpt(path, *, dtype: str | None = None, param_dtype: str | None = None,
 
     overrides = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype, attention=attention,
                                        remat=remat, dropout=dropout).items() if v is not None}
-    folder = _resolve(path)
+    folder = resolve_folder(path)
     for detect, load in interop.FORMATS.values():
         if detect(folder):
             return load(folder, **overrides)

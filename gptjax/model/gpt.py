@@ -176,19 +176,17 @@ class GPT(nnx.Module):
     # Hugging Face-style conveniences; the work is done in gptjax.interop and gptjax.generation.
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "GPT":
-        """Load a Hugging Face GPT-2 folder (config.json + model.safetensors).
+        """Load a Hugging Face GPT-2 folder (config.json + model.safetensors) or hub repo id.
 
         The folder's generation defaults (generation_config.json: eos/pad ids...) become
         `model.generation_config`, which `generate` reads as transformers does.
         """
-        import pathlib
-
         from gptjax.generation import GenerationConfig, load_generation_defaults
         from gptjax.interop import hf
 
-        model = hf.load_gpt(path, **kwargs)
-        folder = pathlib.Path(path).expanduser()
-        if folder.is_dir() and isinstance(model, GPT):
+        folder = hf.resolve_folder(path)  # a hub id's snapshot is a folder too
+        model = hf.load_gpt(folder, **kwargs)
+        if isinstance(model, GPT):
             model.generation_config = GenerationConfig.build(load_generation_defaults(folder), {})
         return model
 
