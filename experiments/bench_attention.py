@@ -2,6 +2,7 @@
 
     python -m experiments.bench_attention --outdir=docs/bench_attention
     python -m experiments.bench_attention --kernels=xla,blockwise --lengths=1024,4096 --layouts=mha
+    python -m experiments.bench_attention --dtype=bfloat16 --peak_tflops=989 --outdir=DIR  # a GPU
 """
 
 import sys
@@ -18,6 +19,10 @@ flags.DEFINE_list("layouts", ["mha", "gqa", "mqa"], "Head layouts: mha, gqa (4 p
 flags.DEFINE_list("passes", ["fwd", "fwd+bwd"], "Which passes to time.")
 flags.DEFINE_integer("heads", 12, "Query heads.")
 flags.DEFINE_integer("head_dim", 64, "Dimension per head.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
+                  "Compute dtype of q, k, v (cudnn needs bfloat16 or float16).")
+flags.DEFINE_float("peak_tflops", None, "The chip's peak TFLOP/s in --dtype (e.g. 989 for an "
+                   "H100/H200's dense bf16), to report each case's share of it.")
 flags.DEFINE_integer("repeats", 3, "Timed runs per case at least (median reported), after one "
                      "warm-up.")
 flags.DEFINE_float("min_seconds", 1.0, "Keep timing a case until its runs add up to this.")
@@ -33,14 +38,16 @@ def main(argv):
     bad = [x for x in FLAGS.layouts if x not in attention.LAYOUTS]
     if bad:
         raise app.UsageError(f"unknown layouts {bad}; choose from {list(attention.LAYOUTS)}")
+    if FLAGS.peak_tflops is not None and FLAGS.peak_tflops <= 0:
+        raise app.UsageError(f"--peak_tflops must be positive, got {FLAGS.peak_tflops}")
     print("| kernel | heads | pass | seq_len | status | time (ms) | compile (s) | memory (MiB) "
           "| TFLOP/s | note |")
+    shape = dict(heads=FLAGS.heads, head_dim=FLAGS.head_dim, dtype=FLAGS.dtype)
     cases = attention.run(names, [int(n) for n in FLAGS.lengths], FLAGS.layouts, FLAGS.passes,
-                          heads=FLAGS.heads, head_dim=FLAGS.head_dim, repeats=FLAGS.repeats,
-                          min_seconds=FLAGS.min_seconds)
-    report = attention.write_report(cases, FLAGS.outdir,
+                          repeats=FLAGS.repeats, min_seconds=FLAGS.min_seconds, **shape)
+    report = attention.write_report(cases, FLAGS.outdir, peak_tflops=FLAGS.peak_tflops,
                                     command="python -m experiments.bench_attention "
-                                    + " ".join(sys.argv[1:]))
+                                    + " ".join(sys.argv[1:]), **shape)
     print(f"wrote {report}")
 
 

@@ -42,6 +42,18 @@ def test_report_has_table_speed_ratios_and_plots(cases, tmp_path):
             assert ratio == pytest.approx((np.median(paired), min(paired), max(paired)))
 
 
+def test_report_names_dtype_and_share_of_peak(tmp_path):
+    cases = bench.run(["xla", "cudnn"], [32], ["mha"], ["fwd"], log=lambda _: None, heads=2,
+                      head_dim=8, dtype="bfloat16", repeats=1, min_seconds=0.0)
+    assert cases[1].status == "unavailable"  # cudnn: GPU only
+    peak = 4 * cases[0].tflops  # so the xla case runs at 25% of it
+    text = bench.write_report(cases, tmp_path, heads=2, head_dim=8, dtype="bfloat16",
+                              peak_tflops=peak).read_text()
+    assert "2 query heads of 8, bfloat16" in text and "% of peak" in text
+    row = next(line for line in text.splitlines() if line.startswith("| xla | mha | fwd | 32"))
+    assert float(row.split("|")[10]) == pytest.approx(25.0, abs=0.06)
+
+
 def test_kernels_of_one_length_are_timed_in_shared_rounds():
     cases = bench.measure_together(["reference", "xla", "blockwise"], 32, "mqa", "fwd+bwd",
                                    heads=2, head_dim=8, repeats=4, min_seconds=0.05)

@@ -72,6 +72,7 @@ def measure_together(kernel_names, seq_len, layout, pass_, *, heads=12, head_dim
     fwd+bwd is the vector-Jacobian product of a random output cotangent: with a constant one
     (the gradient of sum(out)) XLA simplifies the backward differently for each kernel.
     """
+    dtype = jnp.dtype(dtype)
     kv_heads = 1 if LAYOUTS[layout] is None else heads // LAYOUTS[layout]
     q_shape = (batch, seq_len, heads, head_dim)
     kv_shape = (batch, seq_len, kv_heads, head_dim)
@@ -177,11 +178,13 @@ def run(kernel_names, lengths, layouts, passes=("fwd", "fwd+bwd"), *, log=print,
                                         order[c.kernel], c.seq_len))
 
 
-def _row(c: Case) -> str:
+def _row(c: Case, peak_tflops: float | None = None) -> str:
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
+    share = "" if peak_tflops is None else \
+        f" {fmt(c.tflops and 100 * c.tflops / peak_tflops, '.1f')} |"
     return (f"| {c.kernel} | {c.layout} | {c.pass_} | {c.seq_len} | {c.status} | "
             f"{fmt(c.time_ms, '.2f')} | {fmt(c.compile_s, '.2f')} | {fmt(c.memory_mib, '.1f')} | "
-            f"{fmt(c.tflops, '.3f')} | {c.note} |")
+            f"{fmt(c.tflops, '.3f')} |{share} {c.note} |")
 
 
 def memory_ratios(cases, baseline="reference", kernel="blockwise", lengths=(4096, 8192, 16384)):
@@ -216,9 +219,12 @@ def speed_ratios(cases):
     return rows
 
 
-def write_report(cases, outdir, *, title="Attention kernels", command=""):
+def write_report(cases, outdir, *, title="Attention kernels", command="", heads=12,
+                 head_dim=64, dtype="float32", peak_tflops=None):
     """CSV, JSON (with every timed round), a markdown table and log-log plots of time and
-    memory against length."""
+    memory against length. heads, head_dim, dtype: what `run` was given; peak_tflops: the
+    chip's peak for that dtype, to give each case's share of it (causal FLOPs, see
+    attention_flops)."""
     outdir = pathlib.Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     rows = [dataclasses.asdict(c) for c in cases]
@@ -231,7 +237,8 @@ def write_report(cases, outdir, *, title="Attention kernels", command=""):
     plots = _plot(cases, outdir)
     device = jax.devices()[0]
     lines = [f"# {title}", "", f"Device: {device.platform} ({device.device_kind}), "
-             f"{jax.device_count()} device(s); batch 1, 12 query heads of 64, float32, causal.",
+             f"{jax.device_count()} device(s); batch 1, {heads} query heads of {head_dim}, "
+             f"{jnp.dtype(dtype).name}, causal.",
              "Memory is XLA's plan for the compiled program (arguments + outputs + temporaries).",
              ""]
     if command:
@@ -251,9 +258,13 @@ def write_report(cases, outdir, *, title="Attention kernels", command=""):
                   "|---|---|---|---|---|"]
         lines += [f"| {a} | {b} | {n} | {fmt(r)} | {fmt(k)} |" for a, b, n, r, k in speed]
         lines += [""]
+    if peak_tflops:
+        lines += [f"% of peak: TFLOP/s against the {peak_tflops:g} TFLOP/s given as the "
+                  "chip's peak.", ""]
+    share = " % of peak |" if peak_tflops else ""
     lines += ["| kernel | heads | pass | seq_len | status | time (ms) | compile (s) | "
-              "memory (MiB) | TFLOP/s | note |", "|" + "---|" * 10]
-    lines += [_row(c) for c in cases]
+              f"memory (MiB) | TFLOP/s |{share} note |", "|" + "---|" * (11 if share else 10)]
+    lines += [_row(c, peak_tflops) for c in cases]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     (outdir / "attention.md").write_text("\n".join(lines) + "\n")
     return outdir / "attention.md"
