@@ -34,8 +34,12 @@ def test_report_has_table_speed_ratios_and_plots(cases, tmp_path):
         assert len(list(csv.DictReader(f))) == len(cases)
     for name in ("attention_time.png", "attention_memory.png"):
         assert (tmp_path / name).stat().st_size > 0
+    speed = bench.speed_ratios(cases)
+    assert (f"xla at least as fast as reference in {sum(r[3][0] >= 1 for r in speed)} of "
+            f"{len(speed)} cases; blockwise within 2x of xla in "
+            f"{sum(r[4][0] <= 2 for r in speed)} of {len(speed)}") in text
     by = {(c.kernel, c.layout, c.pass_, c.seq_len): c.rounds_ms for c in cases}
-    for layout, pass_, n, ref_over_xla, blk_over_xla in bench.speed_ratios(cases):
+    for layout, pass_, n, ref_over_xla, blk_over_xla in speed:
         xla = by["xla", layout, pass_, n]
         for ratio, other in ((ref_over_xla, "reference"), (blk_over_xla, "blockwise")):
             paired = [a / b for a, b in zip(by[other, layout, pass_, n], xla)]

@@ -257,7 +257,11 @@ def write_report(cases, outdir, *, title="Attention kernels", command="", heads=
                   "| heads | pass | seq_len | reference / xla | blockwise / xla |",
                   "|---|---|---|---|---|"]
         lines += [f"| {a} | {b} | {n} | {fmt(r)} | {fmt(k)} |" for a, b, n, r, k in speed]
-        lines += [""]
+        ref = [r[0] for *_, r, _ in speed if r is not None]
+        blk = [k[0] for *_, k in speed if k is not None]
+        lines += ["", f"Medians: xla at least as fast as reference in {sum(x >= 1 for x in ref)} "
+                  f"of {len(ref)} cases; blockwise within 2x of xla in "
+                  f"{sum(x <= 2 for x in blk)} of {len(blk)}.", ""]
     if peak_tflops:
         lines += [f"% of peak: TFLOP/s against the {peak_tflops:g} TFLOP/s given as the "
                   "chip's peak.", ""]
