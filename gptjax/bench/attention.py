@@ -69,8 +69,9 @@ def measure_together(kernel_names, seq_len, layout, pass_, *, heads=12, head_dim
     like. At least `repeats` rounds, and as many as fill `min_seconds` per kernel (short cases
     take tens of rounds).
 
-    fwd+bwd is the vector-Jacobian product of a random output cotangent: with a constant one
-    (the gradient of sum(out)) XLA simplifies the backward differently for each kernel.
+    fwd+bwd is the vector-Jacobian product of a random output cotangent, as in training. A
+    constant one (the gradient of sum(out)) is not that workload: XLA need not store it and may
+    fold it into the backward's products.
     """
     dtype = jnp.dtype(dtype)
     kv_heads = 1 if LAYOUTS[layout] is None else heads // LAYOUTS[layout]
