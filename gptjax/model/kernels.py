@@ -141,7 +141,8 @@ def _grouped_xla(q, k, v, dense, bias):
     fastest in. jax's grouped path (a vmap over the query heads that share a K/V head) lays the
     [queries, keys] scores out group-major; on XLA:CPU transposing them makes the forward pass
     1.25x slower than repeating K/V at 1k tokens, while its backward, which contracts over the
-    groups directly, makes forward+backward 1.1-1.8x faster. So a forward pass alone repeats
+    groups directly, makes forward+backward faster for GQA (1.1-2.2x, 256-8k tokens) and for
+    MQA at 1k-4k (1.13-1.15x; 0.87x at 8k; docs/bench_attention). So a forward pass alone repeats
     the K/V heads (the MHA program) and a differentiated call runs jax's grouped path forward
     and backward. Measured on CPUs only, so other backends keep jax's path; a decode step (one
     query) keeps it too, reading the cache in place rather than copying it per query head."""
