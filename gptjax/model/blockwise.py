@@ -13,7 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from gptjax.model.kernels import register
+from gptjax.model.kernels import refuse_dropout, register
 from gptjax.model.masks import Mask
 
 NEG = jnp.finfo(jnp.float32).min
@@ -24,9 +24,7 @@ FAR = 2.0 ** 30  # slot of a padding key: later than every query, so causality h
 def blockwise_attention(q, k, v, mask: Mask | None = None, *, dropout_rate=0.0,
                         dropout_rng=None, block_q: int = 512, block_k: int = 512):
     """Same contract as the other kernels (see kernels.py); no attention-weight dropout."""
-    if dropout_rate > 0.0 and dropout_rng is not None:
-        raise ValueError("model.attention='blockwise' has no attention-weight dropout; set "
-                         "model.dropout=0 or use model.attention='xla'")
+    refuse_dropout("blockwise", dropout_rate, dropout_rng)
     b, t, h, d = q.shape
     s, kv_heads = k.shape[1], k.shape[2]
     if mask is None:  # full (non-causal) attention: every query sees every key

@@ -87,6 +87,14 @@ def check_available(name: str, backend: str | None = None, *, dtype=None) -> Non
                          "model.attention='xla'")
 
 
+def refuse_dropout(name: str, dropout_rate, dropout_rng) -> None:
+    """For kernels registered with dropout=False, called directly with dropout asked for (the
+    config refuses it before a run)."""
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        raise ValueError(f"model.attention={name!r} has no attention-weight dropout; set "
+                         "model.dropout=0 or use model.attention='xla'")
+
+
 @register("reference")
 def reference_attention(q, k, v, mask=None, *, dropout_rate=0.0, dropout_rng=None):
     """The oracle, written step by step as the background article describes (sections 3.1, 4.2).

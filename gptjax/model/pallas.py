@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax.model.kernels import check_available, register
+from gptjax.model.kernels import check_available, refuse_dropout, register
 from gptjax.model.masks import Mask
 
 # True: run the GPU op in Pallas interpret mode on any backend (slow; for tests on a CPU).
@@ -74,9 +74,7 @@ def pallas_attention(q, k, v, mask: Mask | None = None, *, dropout_rate=0.0, dro
 
 def _check(q, k, mask, dropout_rate, dropout_rng) -> bool:
     """Refuse what the ops cannot do; return whether the mask is causal."""
-    if dropout_rate > 0.0 and dropout_rng is not None:
-        raise ValueError("model.attention='pallas' has no attention-weight dropout; set "
-                         "model.dropout=0 or use model.attention='xla'")
+    refuse_dropout("pallas", dropout_rate, dropout_rng)
     if k.shape[1] != q.shape[1]:
         raise ValueError(
             f"model.attention='pallas' attends over the whole sequence only (q_len == kv_len), "
