@@ -44,14 +44,9 @@ def run_phase(name: str, out: str) -> None:
         result = bench.loop_throughput(FLAGS.config, steps=FLAGS.steps)
     else:
         from gptjax.config import Config
-        from gptjax.training import host
+        from gptjax.training.loop import set_up
 
-        cfg = Config.from_dict(FLAGS.config)
-        host.use_cpu_devices(cfg.mesh.cpu_devices, cfg.data.batch_size // cfg.optim.grad_accum)
-        from gptjax.data import build_data
-        from gptjax.training.loop import resolve_vocab
-
-        cfg = resolve_vocab(cfg, build_data(cfg).vocab_size)
+        cfg, _ = set_up(Config.from_dict(FLAGS.config))  # the loop's own start-up
         result = bench.step_throughput(cfg, steps=max(FLAGS.steps // 3, 10),
                                        repeats=FLAGS.step_repeats)
     result["machine"] = bench.machine()

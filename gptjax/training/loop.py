@@ -79,6 +79,22 @@ class _OrbaxInfoFilter:
             f"{os.sep}orbax{os.sep}" not in record.pathname)
 
 
+def set_up(cfg: Config, data=None):
+    """The start-up every run shares: (cfg with its vocabulary resolved, data). Sets the CPU
+    devices before anything starts JAX, checks the kernel runs on this machine, then builds the
+    data (when not given) from config.data."""
+    from gptjax.data import build_data  # late: TFDS is a slow import
+
+    # Before anything starts JAX (build_data asks for the process index).
+    host.use_cpu_devices(cfg.mesh.cpu_devices, cfg.data.batch_size // cfg.optim.grad_accum)
+    # A kernel this machine cannot run (cudnn off a GPU) fails now, before any data is read.
+    check_available(cfg.model.attention)
+    if data is None:
+        data = build_data(cfg, process_index=jax.process_index(),
+                          process_count=jax.process_count())
+    return resolve_vocab(cfg, data.vocab_size), data
+
+
 def train(config, workdir: str | os.PathLike, *, data=None,
           callbacks: Iterable[Callback] = ()) -> dict[str, Any]:
     """Train (or resume) the run in `workdir`; return the final metrics.
@@ -90,17 +106,7 @@ def train(config, workdir: str | os.PathLike, *, data=None,
     _quiet_orbax()
     cfg = config if isinstance(config, Config) else Config.from_dict(config)
     workdir = pathlib.Path(workdir)
-    from gptjax.data import build_data  # late: TFDS is a slow import
-
-    # Before anything starts JAX (build_data asks for the process index).
-    host.use_cpu_devices(cfg.mesh.cpu_devices, cfg.data.batch_size // cfg.optim.grad_accum)
-    # A kernel this machine cannot run (cudnn off a GPU) fails now, before any data is read.
-    check_available(cfg.model.attention)
-
-    if data is None:
-        data = build_data(cfg, process_index=jax.process_index(),
-                          process_count=jax.process_count())
-    cfg = resolve_vocab(cfg, data.vocab_size)
+    cfg, data = set_up(cfg, data)
     # config.mesh -> devices: DP / FSDP / TP / pmap; mesh and model-vs-mesh errors raise here
     plan = make_plan(cfg, check_batch=False)
     num_devices = jax.device_count()
