@@ -97,6 +97,33 @@ def test_kernel_matches_reference_forward_and_gradient(name, layout, variant):
         np.testing.assert_allclose(g, rg, atol=5e-5, rtol=5e-5)
 
 
+@pytest.mark.parametrize("layout", ["mha", "mqa"])
+def test_xla_stored_weights_backward_equals_autodiff_on_every_row(layout):
+    """On CPUs the xla kernel's MHA/MQA backward is written out (FlashAttention's
+    rowsum(dO * O) form). Beyond the live rows above: rows whose keys are all masked (uniform
+    weights, which the softmax's own backward would spread into the masked scores), an ALiBi
+    bias broadcast over the batch, and bfloat16 inputs keep their dtype."""
+    q, k, v = _inputs(LAYOUTS[layout], seed=2)
+    slots = jnp.arange(T)
+    valid = jnp.stack([jnp.ones(T, bool), jnp.arange(T) >= 3])
+    cot = jax.random.normal(jax.random.key(5), q.shape)
+    xla = kernels.get_kernel("xla")
+
+    def loss(fn, q, k, v, slopes):
+        return jnp.sum(fn(q, k, v, Mask(slots, slots, valid, slopes)) * cot)
+
+    args = (q, k, v, jnp.asarray(alibi_slopes(H)))
+    grads = jax.grad(loss, argnums=(1, 2, 3, 4))(xla, *args)
+    ref_grads = jax.grad(loss, argnums=(1, 2, 3, 4))(kernels.reference_attention, *args)
+    assert float(jnp.abs(ref_grads[3]).max()) > 0  # the bias does reach the loss
+    for g, rg in zip(grads, ref_grads):
+        np.testing.assert_allclose(g, rg, atol=5e-5, rtol=5e-5)
+    half = [a.astype(jnp.bfloat16) for a in (q, k, v)]
+    out, vjp = jax.vjp(lambda *a: xla(*a, causal(T)), *half)
+    assert out.dtype == jnp.bfloat16
+    assert [g.dtype for g in vjp(cot.astype(jnp.bfloat16))] == [jnp.bfloat16] * 3
+
+
 def test_attention_dropout_only_when_asked():
     q, k, v = _inputs(4)
     mask = _masks()

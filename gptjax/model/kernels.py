@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Callable, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gptjax.model.masks import Mask
 
@@ -132,9 +134,10 @@ def _dot_product_attention(q, k, v, mask=None, *, dropout_rate=0.0, dropout_rng=
     dense = bias = None
     if mask is not None:
         dense, bias = mask.dense(), mask.bias()
-    if (implementation == "xla" and k.shape[2] < q.shape[2] and q.shape[1] > 1
-            and jax.default_backend() == "cpu"):
-        return _grouped_xla(q, k, v, dense, bias)
+    if implementation == "xla" and q.shape[1] > 1 and jax.default_backend() == "cpu":
+        if 1 < k.shape[2] < q.shape[2]:
+            return _grouped_xla(q, k, v, dense, bias)
+        return _xla_stored_weights(q, k, v, dense, bias)
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=dense,
                                         implementation=implementation)
 
@@ -143,19 +146,24 @@ def _xla(q, k, v, dense, bias):
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=dense, implementation="xla")
 
 
+def _repeat_kv(q, k, v):
+    group = q.shape[2] // k.shape[2]
+    return jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
+
+
 @jax.custom_vjp
 def _grouped_xla(q, k, v, dense, bias):
-    """GQA/MQA over many queries (training, evaluation, prefill) in the layout each pass is
-    fastest in. jax's grouped path (a vmap over the query heads that share a K/V head) lays the
+    """GQA over many queries (training, evaluation, prefill) in the layout each pass is fastest
+    in. jax's grouped path (a vmap over the query heads that share a K/V head) lays the
     [queries, keys] scores out group-major; on XLA:CPU transposing them makes the forward pass
     1.25x slower than repeating K/V at 1k tokens, while its backward, which contracts over the
-    groups directly, makes forward+backward faster for GQA (1.1-2.2x, 256-8k tokens) and for
-    MQA at 1k-4k (1.13-1.15x; 0.87x at 8k; docs/bench_attention). So a forward pass alone repeats
-    the K/V heads (the MHA program) and a differentiated call runs jax's grouped path forward
-    and backward. Measured on CPUs only, so other backends keep jax's path; a decode step (one
-    query) keeps it too, reading the cache in place rather than copying it per query head."""
-    group = q.shape[2] // k.shape[2]
-    return _xla(q, jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2), dense, bias)
+    groups directly, makes forward+backward 1.1-2.2x faster than the reference (256-8k tokens;
+    docs/bench_attention) and than _xla_stored_weights' backward (1.3x at 4k). So a forward
+    pass alone repeats the K/V heads (the MHA program) and a differentiated call runs jax's
+    grouped path forward and backward. Measured on CPUs only, so other backends keep jax's
+    path; a decode step (one query) keeps it too, reading the cache in place rather than
+    copying it per query head."""
+    return _xla(q, *_repeat_kv(q, k, v), dense, bias)
 
 
 def _grouped_xla_fwd(q, k, v, dense, bias):
@@ -167,6 +175,65 @@ def _grouped_xla_bwd(vjp, dout):
 
 
 _grouped_xla.defvjp(_grouped_xla_fwd, _grouped_xla_bwd)
+
+
+@jax.custom_vjp
+def _xla_stored_weights(q, k, v, dense, bias):
+    """MHA and MQA over many queries on CPUs: jax's forward, and the backward FlashAttention
+    derives, from the stored weights P = softmax(S):
+
+        dV = P^T dO    dP = dO V^T    dS = P * (dP - rowsum(dO * O))    dQ = dS K / sqrt(d_k)
+        dK = dS^T Q / sqrt(d_k)
+
+    rowsum(dO * O) equals the softmax backward's rowsum(P * dP) (O = P V) but costs O(T d),
+    not a pass over the [queries, keys] matrices; the scale moves onto the [T, d] products and
+    masked weights are already zero, so autodiff's two other passes over them go too. Measured
+    on XLA:CPU against autodiff's backward (same process, rounds taken together): 1.2-1.3x
+    faster forward+backward at 4k tokens for MHA (1.05x for MQA), 1.5x at 8k for both, equal at
+    1k where the products dominate. GQA keeps jax's grouped backward, faster still. MQA's K/V
+    head is repeated for the products and its gradients summed back."""
+    return _xla(q, *_repeat_kv(q, k, v), dense, bias)
+
+
+def _xla_stored_weights_fwd(q, k, v, dense, bias):
+    rk, rv = _repeat_kv(q, k, v)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, rk).astype(jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
+    if bias is not None:
+        scores = scores + bias
+    if dense is not None:
+        scores = jnp.where(dense, scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), rv)
+    return out, (q, k, v, dense, bias, weights, out)
+
+
+def _xla_stored_weights_bwd(res, dout):
+    q, k, v, dense, bias, weights, out = res
+    kv_heads = k.shape[2]
+    k, v = _repeat_kv(q, k, v)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    dv = jnp.einsum("bhqk,bqhd->bkhd", weights.astype(dout.dtype), dout)
+    dp = jnp.einsum("bqhd,bkhd->bhqk", dout, v).astype(jnp.float32)
+    delta = jnp.einsum("bqhd,bqhd->bhq", dout.astype(jnp.float32), out.astype(jnp.float32))
+    ds = weights * (dp - delta[..., None])
+    if dense is not None:  # a row with every key masked has uniform weights, not zeros
+        ds = jnp.where(dense, ds, 0.0)
+    dbias = None
+    if bias is not None:  # summed over the axes bias was broadcast along
+        dbias = jnp.sum(ds, axis=tuple(i for i, n in enumerate(bias.shape) if n < ds.shape[i]),
+                        keepdims=True).astype(bias.dtype)
+    ds = ds.astype(q.dtype)
+    dq = jnp.einsum("bhqk,bkhd->bqhd", ds, k) * scale
+    dk = jnp.einsum("bhqk,bqhd->bkhd", ds, q) * scale
+    if kv_heads < q.shape[2]:  # MQA: the repeated heads' gradients, summed back
+        dk = dk.sum(axis=2, keepdims=True)
+        dv = dv.sum(axis=2, keepdims=True)
+    ddense = None if dense is None else np.zeros(dense.shape, jax.dtypes.float0)
+    return dq, dk, dv, ddense, dbias
+
+
+_xla_stored_weights.defvjp(_xla_stored_weights_fwd, _xla_stored_weights_bwd)
 
 register("xla")(functools.partial(_dot_product_attention, implementation="xla"))
 
