@@ -167,7 +167,8 @@ class DataConfig:
     text_file: str | tuple[str, ...] | None = None  # local text file(s) for dataset='text_file'
     val_text_file: str | tuple[str, ...] | None = None  # separate validation file(s)
     val_fraction: float = 0.1  # validation split taken from the end when no val_text_file
-    tokenizer: str = "char"  # char | byte | gpt2 | a folder with tokenizer files
+    tokenizer: str = "char"  # char | byte | gpt2 | init_from (its tokenizer) | a folder
+    task: str = "completion"  # dataset='task': completion | qa | translation | dialogue
     seq_len: int = 256
     batch_size: int = 32  # global batch, in sequences
     shuffle: bool = True
@@ -258,6 +259,9 @@ class TrainConfig:
     sample_tokens: int = 100  # 0: no text samples
     sample_prompt: str = "\n"
     peak_flops: float | None = None  # per-device FLOP/s for MFU where the chip is not known
+    # Fine-tuning: a Hugging Face GPT-2 folder or hub id, or a gptjax run, whose architecture
+    # and weights a new run starts from (a run resuming its own checkpoint loads those weights).
+    init_from: str | None = None
 
     def validate(self) -> None:
         if not isinstance(self.num_steps, int) or self.num_steps <= 0:

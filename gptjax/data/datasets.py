@@ -162,7 +162,8 @@ def unknown_dataset(name: str, why: str = "") -> ConfigError:
     close = difflib.get_close_matches(name, sorted(set(DATASETS) | set(known)), n=3)
     return ConfigError(
         f"data.dataset={name!r} is unknown{why}: choose one of gptjax's datasets "
-        f"{sorted(DATASETS)}, the synthetic task 'mqar', or a TFDS catalog name (e.g. 'tiny_shakespeare', 'lm1b'; see "
+        f"{sorted(DATASETS)}, the synthetic task 'mqar', 'task' (fine-tuning examples in "
+        "data.text_file) or a TFDS catalog name (e.g. 'tiny_shakespeare', 'lm1b'; see "
         "tfds.list_builders())" + (f"; did you mean {' or '.join(map(repr, close))}?"
                                    if close else ""))
 
@@ -170,7 +171,7 @@ def unknown_dataset(name: str, why: str = "") -> ConfigError:
 def load_corpus(data: DataConfig) -> Corpus:
     """The prepared dataset that `data.dataset` names (registry first, then TFDS's catalog)."""
     root = data_dir(data)
-    if data.dataset != "text_file" and (data.text_file or data.val_text_file):
+    if data.dataset not in ("text_file", "task") and (data.text_file or data.val_text_file):
         raise ConfigError(
             f"data.text_file is set but data.dataset={data.dataset!r} ignores it; to train on "
             f"the file add --config.data.dataset=text_file")

@@ -87,6 +87,11 @@ def build_data(config: Config, *, tokenizer=None, process_index: int | None = No
         from gptjax.data.mqar import build_mqar
 
         return build_mqar(config, process_index=process_index, process_count=process_count)
+    if data.dataset == "task":  # fine-tuning examples: one row each, answers scored
+        from gptjax.data.tasks import build_task_data
+
+        return build_task_data(config, tokenizer, process_index=process_index,
+                               process_count=process_count)
     corpus = load_corpus(data)
     if tokenizer is None:
         text = None

@@ -29,7 +29,7 @@ from gptjax.config import Config, ConfigError
 from gptjax.model.kernels import check_available
 from gptjax.parallel import make_plan
 from gptjax.training import checkpoint as ckpt_lib
-from gptjax.training import host
+from gptjax.training import host, pretrained
 from gptjax.training import metrics as metrics_lib
 from gptjax.training.optim import make_optimizer
 from gptjax.training.sample import sample_text
@@ -87,6 +87,7 @@ def set_up(cfg: Config, data=None):
 
     # Before anything starts JAX (build_data asks for the process index).
     host.use_cpu_devices(cfg.mesh.cpu_devices, cfg.data.batch_size // cfg.optim.grad_accum)
+    cfg = pretrained.adopt(cfg)  # fine-tuning: the source's architecture and tokenizer
     # A kernel this machine cannot run (cudnn off a GPU) fails now, before any data is read.
     check_available(cfg.model.attention)
     if data is None:
@@ -136,6 +137,11 @@ def train(config, workdir: str | os.PathLike, *, data=None,
     if start is None:
         start = 0
         state = plan.init(init)
+        if tcfg.init_from:  # fine-tuning: the pretrained weights, fresh optimizer moments
+            logging.info("Starting %s from the weights of %s", workdir, tcfg.init_from)
+            params = pretrained.load_params(cfg, state_sharding.params)
+            opt_state = jax.jit(tx.init, out_shardings=state_sharding.opt_state)(params)
+            state = state.replace(params=params, opt_state=opt_state)
     else:
         logging.info("Resuming %s from step %d", workdir, start)
         state = checkpoints.restore(start, ckpt_lib.abstract_with_sharding(abstract,

@@ -1,0 +1,95 @@
+"""A dialogue with a GPT, one reply at a time, in the transcript a dialogue fine-tune learns
+(data.task='dialogue', gptjax.data.tasks), the oldest turns dropped when the context is full
+(the chat command's library half).
+
+    chat = Chat(model, tokenizer, system="You are a helpful assistant.")
+    chat.reply("Hello!")       # the assistant's answer; chat.messages keeps the transcript
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from gptjax.generation.config import GenerationError
+from gptjax.generation.text import defaults_for, generate_text
+
+# Roles of a dialogue and how the transcript names them.
+SPEAKERS = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+# Sampling, as chat front-ends default to; greedy decoding repeats itself in open dialogue.
+CHAT_DEFAULTS = dict(do_sample=True, temperature=0.8, top_p=0.95, top_k=0, max_new_tokens=64)
+
+
+def dialogue_segments(messages: Sequence[Mapping[str, Any]], where: str = "messages",
+                      reply: bool = False) -> list[tuple[str, bool]]:
+    """The transcript as (text, written by the model) segments, one 'Speaker: text' line per
+    message: the assistant's text is what a fine-tune scores. reply=True ends with an open
+    'Assistant:' turn, the prompt for the next reply."""
+    segments = []
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, Mapping) else None
+        if role not in SPEAKERS:
+            raise ValueError(f"{where}: message {i} has role {role!r}; allowed: "
+                             f"{list(SPEAKERS)}")
+        text = message.get("content")
+        if not isinstance(text, str):
+            raise ValueError(f"{where}: message {i} needs a string 'content'")
+        if role == "assistant":
+            segments += [("Assistant:", False), (f" {text.strip()}\n", True)]
+        else:
+            segments.append((f"{SPEAKERS[role]}: {text.strip()}\n", False))
+    if reply:
+        segments.append(("Assistant:", False))
+    return segments
+
+
+class Chat:
+    """Messages [{'role', 'content'}] and the model that answers them."""
+
+    def __init__(self, model, tokenizer, *, system: str | None = None, **options: Any):
+        self.model, self.tokenizer = model, tokenizer
+        self.system = [{"role": "system", "content": system}] if system else []
+        self.messages: list[dict[str, str]] = []
+        self.options = {**defaults_for(model, tokenizer), **CHAT_DEFAULTS, **options}
+        # A reply is one transcript line: it ends at a newline as well as at eos.
+        eos = self.options.get("eos_token_id")
+        newline = tokenizer.encode("\n")
+        stops = ([] if eos is None else np.atleast_1d(eos).tolist()) + (
+            newline if len(newline) == 1 else [])
+        if not stops:
+            raise GenerationError("this tokenizer has neither an eos token nor a one-token "
+                                  "newline, so a reply could not end; pass eos_token_id")
+        self.options["eos_token_id"] = stops
+
+    def prompt(self, messages) -> str:
+        """The transcript of `messages` ending with an open 'Assistant:' turn."""
+        return "".join(text for text, _ in dialogue_segments(self.system + messages, "chat",
+                                                             reply=True))
+
+    def _fitting(self, messages) -> list[dict[str, str]]:
+        """The newest messages whose prompt leaves room for max_new_tokens in the context."""
+        room = self.model.cfg.max_len - self.options["max_new_tokens"]
+        while True:
+            if len(self.tokenizer.encode(self.prompt(messages))) <= room:
+                return messages
+            if len(messages) == 1:
+                raise GenerationError(
+                    f"the message is too long for the model's context ({self.model.cfg.max_len} "
+                    f"tokens, {self.options['max_new_tokens']} of them kept for the reply); "
+                    "shorten it or lower max_new_tokens")
+            messages = messages[1:]  # the oldest turn goes first
+
+    def reply(self, text: str) -> str:
+        """The assistant's answer to `text`; both join the transcript."""
+        messages = self._fitting(self.messages + [{"role": "user", "content": text}])
+        result = generate_text(self.model, self.tokenizer, [self.prompt(messages)],
+                               **self.options)[0]
+        answer = result["new_text"].strip()
+        self.messages = messages + [{"role": "assistant", "content": answer}]
+        return answer
+
+    def reset(self) -> None:
+        self.messages = []

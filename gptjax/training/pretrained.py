@@ -1,0 +1,97 @@
+"""Fine-tuning's start: train.init_from names a pretrained model (a Hugging Face GPT-2 folder or
+hub id, or a gptjax run) whose architecture, tokenizer and weights a new run takes; then it trains
+as any run does. Only the start differs: a run resuming its own checkpoint loads those weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+from absl import logging
+
+from gptjax.config import Config, ConfigError, ModelConfig
+
+# The fields that make the pretrained weights mean what they meant (shapes, and the function
+# they compute); the run keeps its own dropout, kernel, dtypes and remat.
+ARCHITECTURE = ("vocab_size", "max_len", "num_layers", "num_heads", "num_kv_heads", "d_model",
+                "d_ff", "position", "window", "tie_embeddings", "layer_norm_epsilon",
+                "rope_theta")
+
+
+def source_config(path: str) -> tuple[str, ModelConfig]:
+    """(its folder, the model config) of a pretrained source, from its config file alone."""
+    from gptjax.interop import hf
+    from gptjax.training import checkpoint
+
+    try:
+        folder = hf.resolve_folder(path)
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise ConfigError(f"train.init_from={path!r}: {e}") from None
+    if checkpoint.is_run(folder):
+        saved = json.loads((folder / "config.json").read_text())
+        return str(folder), Config.from_dict(saved).model
+    if hf.is_hf_folder(folder):
+        config_file = folder / hf.CONFIG
+        try:
+            return str(folder), hf.config_from_hf(json.loads(config_file.read_text()),
+                                                  str(config_file))
+        except ValueError as e:
+            raise ConfigError(f"train.init_from={path!r}: {e}") from None
+    raise ConfigError(f"train.init_from={path!r} is neither a Hugging Face GPT-2 folder "
+                      f"({hf.CONFIG} + {hf.WEIGHTS}) nor a gptjax run (config.json + "
+                      "checkpoints/)")
+
+
+def adopt(cfg: Config) -> Config:
+    """cfg with train.init_from's architecture, and data.tokenizer='init_from' made its folder.
+
+    Reads config files only, so every mismatch fails before data or compile.
+    """
+    path = cfg.train.init_from
+    if not path:
+        if cfg.data.tokenizer == "init_from":
+            raise ConfigError("data.tokenizer='init_from' takes the tokenizer of "
+                              "train.init_from, which is not set; set train.init_from=PATH "
+                              "or name a tokenizer")
+        return cfg
+    folder, source = source_config(path)
+    if cfg.data.tokenizer in ("char", "byte"):
+        raise ConfigError(
+            f"data.tokenizer={cfg.data.tokenizer!r} has its own vocabulary, so its ids would not "
+            f"be the ones train.init_from={path!r} learned; set data.tokenizer='init_from' to "
+            "use its tokenizer")
+    changed = {f: getattr(source, f) for f in ARCHITECTURE
+               if getattr(cfg.model, f) != getattr(source, f)}
+    if changed:
+        logging.info("train.init_from=%s: model %s", path,
+                     ", ".join(f"{k}={v!r}" for k, v in changed.items()))
+    data = cfg.data
+    if data.tokenizer == "init_from":
+        data = dataclasses.replace(data, tokenizer=folder)
+    try:
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changed),
+                                   data=data)
+    except ConfigError as e:
+        raise ConfigError(f"with train.init_from={path!r}'s architecture: {e}") from None
+
+
+def load_params(cfg: Config, shardings):
+    """train.init_from's weights as the run's params (cfg.model's dtypes), laid out as
+    `shardings` says; each process reads the files and keeps its own shards."""
+    from gptjax.model import GPT, split
+
+    m = cfg.model
+    model = GPT.from_pretrained(cfg.train.init_from, dtype=m.dtype, param_dtype=m.param_dtype,
+                                attention=m.attention, remat=m.remat, dropout=m.dropout)
+    _, params = split(model)
+    if jax.tree.structure(params) != jax.tree.structure(shardings):
+        raise ConfigError(f"train.init_from={cfg.train.init_from!r}: its parameters do not "
+                          "have this run's model structure")
+
+    def place(x, sharding):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(place, params, shardings)
