@@ -169,11 +169,13 @@ def test_finetune_takes_the_hf_architecture_and_tokenizer(hf_run):
             == Tokenizer.from_pretrained(TINY).encode(text))
 
 
-def test_finetune_starts_from_the_pretrained_weights(tmp_path):
+@pytest.mark.parametrize("mesh", [dict(), dict(fsdp=4, tensor=2), dict(strategy="pmap")])
+def test_finetune_starts_from_the_pretrained_weights(tmp_path, mesh):
     """One step at a tiny learning rate: the params are GPT-2's to within that step (a random
-    initialisation would differ by ~0.1)."""
+    initialisation would differ by ~0.1), however the run lays them out over the devices."""
     cfg = finetune_config(tmp_path, optim=dict(lr=1e-7, min_lr=0.0, warmup_steps=0),
                           train=dict(num_steps=1, eval_every=1, checkpoint_every=1))
+    cfg["mesh"] = mesh
     train(cfg, tmp_path / "run")
     _, params = ckpt_lib.load_params(tmp_path / "run")
     _, hf_params = split(GPT.from_pretrained(TINY))
