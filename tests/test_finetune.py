@@ -141,6 +141,17 @@ def test_unknown_task_and_missing_file(tmp_path):
         bad("dialogue", {"messages": [{"role": "user", "content": "hi"}]})
 
 
+def test_play_dialogues_pair_each_speech_with_the_reply():
+    play = ("First Citizen:\nBefore we proceed any further,\nhear me speak.\n\n"
+            "All:\nSpeak, speak.\n\nAll:\nAgain.\n\nFirst Citizen:\nYou are all resolved?\n")
+    examples = tasks.play_dialogues(play)
+    assert [[m["content"] for m in e["messages"]] for e in examples] == [
+        ["Before we proceed any further, hear me speak.", "Speak, speak."],
+        ["Again.", "You are all resolved?"]]  # a speaker does not answer himself
+    assert tasks.play_dialogues(play, max_chars=40) == examples[1:]
+    tasks.render("dialogue", examples[0])  # a valid example of the format
+
+
 # ---- fine-tuning runs ----------------------------------------------------------------------------
 
 def _val_loss(model, data, steps):

@@ -79,6 +79,25 @@ def dialogue(example, where) -> list[Segment]:
         raise ConfigError(str(e)) from None
 
 
+def play_dialogues(text: str, max_chars: int | None = None) -> list[dict[str, Any]]:
+    """Dialogue examples from a play script in tinyshakespeare's layout ('NAME:' on a line,
+    the speech below it, a blank line between speeches): each speech as the user's message and
+    the next speech, by another speaker, as the assistant's reply. A speech's lines are joined
+    with spaces (a transcript turn is one line). max_chars keeps the pairs whose two speeches
+    fit in that many characters together."""
+    speeches = []
+    for block in text.split("\n\n"):
+        lines = [line.strip() for line in block.strip().splitlines()]
+        if len(lines) >= 2 and lines[0].endswith(":"):
+            speeches.append((lines[0][:-1], " ".join(line for line in lines[1:] if line)))
+    examples = []
+    for (speaker, said), (other, reply) in zip(speeches, speeches[1:]):
+        if speaker != other and (max_chars is None or len(said) + len(reply) <= max_chars):
+            examples.append({"messages": [{"role": "user", "content": said},
+                                          {"role": "assistant", "content": reply}]})
+    return examples
+
+
 TASKS: dict[str, Callable[[Mapping[str, Any], str], list[Segment]]] = {
     "completion": completion, "qa": qa, "translation": translation, "dialogue": dialogue}
 

@@ -1,0 +1,43 @@
+r"""Turn a play script into dialogue fine-tuning files: each speech and the reply to it.
+
+    python -m experiments.play_dialogues --text_file=../shared/data/tinyshakespeare.txt \
+        --outdir=/tmp/shakespeare_dialogue --max_chars=200
+
+Writes train.jsonl and val.jsonl (data.task='dialogue' format). The split is the text's: the
+first (1 - val_fraction) of the characters give the training pairs and the rest the validation
+pairs, as a char-level pretraining run on the same text splits it, so a model pretrained there
+has not read the validation speeches.
+"""
+
+import json
+import pathlib
+
+from absl import app, flags
+
+from gptjax.data.tasks import play_dialogues
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("text_file", None, "The play script (tinyshakespeare's layout).",
+                    required=True)
+flags.DEFINE_string("outdir", None, "Where train.jsonl and val.jsonl go.", required=True)
+flags.DEFINE_integer("max_chars", None, "Keep pairs whose two speeches fit in this many "
+                     "characters together (default: all).")
+flags.DEFINE_float("val_fraction", 0.1, "The end of the text that gives validation pairs.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    text = pathlib.Path(FLAGS.text_file).read_text(encoding="utf-8")
+    cut = int(len(text) * (1 - FLAGS.val_fraction))
+    outdir = pathlib.Path(FLAGS.outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", text[:cut]), ("val", text[cut:])):
+        examples = play_dialogues(part, FLAGS.max_chars)
+        with open(outdir / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(e) + "\n" for e in examples)
+        print(f"{outdir / f'{name}.jsonl'}: {len(examples)} dialogues")
+
+
+if __name__ == "__main__":
+    app.run(main)
