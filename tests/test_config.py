@@ -1,5 +1,8 @@
 """Every bad config value fails before any compile, naming the field and what is allowed."""
 
+import importlib.util
+import pathlib
+
 import ml_collections
 import pytest
 
@@ -88,3 +91,19 @@ def test_cudnn_config_is_valid_off_gpu_and_needs_even_training_lengths():
     Config.from_dict({"model": cudnn, "data": {"seq_len": 256}})
     with pytest.raises(ConfigError, match=r"data.seq_len=255 .*'cudnn' trains on even sequence"):
         Config.from_dict({"model": cudnn, "data": {"seq_len": 255}})
+
+
+def _config_files():
+    root = pathlib.Path(__file__).resolve().parents[1] / "configs"
+    return sorted(p for p in root.glob("*.py") if not p.name.startswith("_"))
+
+
+@pytest.mark.parametrize("path", _config_files(), ids=lambda p: p.name)
+def test_every_config_file_is_a_valid_config(path):
+    """Each experiment config, with each of its arguments, validates as it stands."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for arg in getattr(module, "TASKS", [None]):
+        config = module.get_config() if arg is None else module.get_config(arg)
+        Config.from_dict(config)
