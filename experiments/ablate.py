@@ -1,6 +1,7 @@
-"""Run an ablation sweep (variants x seeds) through the normal training path and write a report.
+r"""Run an ablation sweep (variants x seeds) through the normal training path and write a report.
 
-    python -m experiments.ablate --config=configs/ablations/attention.py --outdir=docs/ablations/attention
+    python -m experiments.ablate --config=configs/ablations/attention.py \
+        --outdir=docs/ablations/attention
 
 Finished runs are not repeated: run the same command again to resume an interrupted sweep.
 """

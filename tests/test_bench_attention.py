@@ -1,4 +1,4 @@
-"""The attention benchmark on tiny cases: every kernel x length x layout recorded, OOM as a result."""
+"""The attention benchmark on tiny cases: every kernel x length x layout recorded, OOM a result."""
 
 import csv
 

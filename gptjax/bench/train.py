@@ -130,7 +130,10 @@ def write_report(results: dict[str, Any], path: str | os.PathLike, *, command: s
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     rounds = results["rounds"]
-    ratio = lambda x: f"{x / baseline_tokens_per_sec:.2f}x" if baseline_tokens_per_sec else ""  # noqa: E731
+
+    def ratio(x):
+        return f"{x / baseline_tokens_per_sec:.2f}x" if baseline_tokens_per_sec else ""
+
     lines = ["# Training throughput: nanoGPT's Shakespeare CPU recipe", "",
              f"    {command}", "", f"Machine: {results['machine']}", "",
              f"Each measurement ran in a fresh process, {len(rounds)} times; median (range).", "",

@@ -197,7 +197,7 @@ class GPT(nnx.Module):
         hf.save_gpt(self, path)
 
     def generate(self, input_ids, **kwargs):
-        """Hugging Face `generate` semantics: greedy, sampling, beam search; see gptjax.generation."""
+        """Hugging Face `generate` semantics: greedy, sampling, beam search (gptjax.generation)."""
         from gptjax import generation
 
         return generation.generate(self, input_ids, **kwargs)

@@ -1,4 +1,4 @@
-"""TrainState: everything a training step reads and writes, as one pytree (what checkpoints hold)."""
+"""TrainState: all a training step reads and writes, as one pytree (what checkpoints hold)."""
 
 from __future__ import annotations
 
