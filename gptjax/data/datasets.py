@@ -171,7 +171,7 @@ def unknown_dataset(name: str, why: str = "") -> ConfigError:
 def load_corpus(data: DataConfig) -> Corpus:
     """The prepared dataset that `data.dataset` names (registry first, then TFDS's catalog)."""
     root = data_dir(data)
-    if data.dataset not in ("text_file", "task") and (data.text_file or data.val_text_file):
+    if data.dataset != "text_file" and (data.text_file or data.val_text_file):
         raise ConfigError(
             f"data.text_file is set but data.dataset={data.dataset!r} ignores it; to train on "
             f"the file add --config.data.dataset=text_file")
