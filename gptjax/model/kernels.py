@@ -97,26 +97,37 @@ def refuse_dropout(name: str, dropout_rate, dropout_rng) -> None:
                          "model.dropout=0 or use model.attention='xla'")
 
 
+def _repeat_kv(q, k, v):
+    """Multi-head with shared K/V heads (MQA/GQA): each K/V head serves heads // kv_heads
+    queries, so it is repeated that many times."""
+    group = q.shape[2] // k.shape[2]
+    return jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
+
+
+def _attention_weights(q, k, dense, bias):
+    """Steps 2 and 3 of the article: float32 weights [batch, heads, queries, keys]. k has q's
+    heads; dense, bias: the mask's boolean matrix and ALiBi bias, or None."""
+    d_k = q.shape[-1]
+    # 2. attention scores: every query against every key, in parallel for each head.
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(d_k))
+    if bias is not None:
+        scores = scores + bias
+    if dense is not None:
+        scores = jnp.where(dense, scores, jnp.finfo(jnp.float32).min)
+    # 3. normalise: softmax over the keys gives each query's attention weights.
+    return jax.nn.softmax(scores, axis=-1)
+
+
 @register("reference")
 def reference_attention(q, k, v, mask=None, *, dropout_rate=0.0, dropout_rng=None):
     """The oracle, written step by step as the background article describes (sections 3.1, 4.2).
 
     Per head: scores = Q K^T / sqrt(d_k); softmax over keys; context = weights V.
     """
-    heads, kv_heads = q.shape[2], k.shape[2]
-    # Multi-head with shared K/V heads (MQA/GQA): each K/V head serves heads // kv_heads queries.
-    k = jnp.repeat(k, heads // kv_heads, axis=2)
-    v = jnp.repeat(v, heads // kv_heads, axis=2)
-    d_k = q.shape[-1]
-    # 2. attention scores: every query against every key, in parallel for each head.
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(d_k))
-    if mask is not None:
-        if mask.alibi_slopes is not None:
-            scores = scores + mask.bias()
-        scores = jnp.where(mask.dense(), scores, jnp.finfo(jnp.float32).min)
-    # 3. normalise: softmax over the keys gives each query's attention weights.
-    weights = jax.nn.softmax(scores, axis=-1)
+    k, v = _repeat_kv(q, k, v)
+    dense, bias = (None, None) if mask is None else (mask.dense(), mask.bias())
+    weights = _attention_weights(q, k, dense, bias)
     if dropout_rate > 0.0 and dropout_rng is not None:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
@@ -144,11 +155,6 @@ def _dot_product_attention(q, k, v, mask=None, *, dropout_rate=0.0, dropout_rng=
 
 def _xla(q, k, v, dense, bias):
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=dense, implementation="xla")
-
-
-def _repeat_kv(q, k, v):
-    group = q.shape[2] // k.shape[2]
-    return jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
 
 
 @jax.custom_vjp
@@ -197,13 +203,7 @@ def _xla_stored_weights(q, k, v, dense, bias):
 
 def _xla_stored_weights_fwd(q, k, v, dense, bias):
     rk, rv = _repeat_kv(q, k, v)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, rk).astype(jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
-    if bias is not None:
-        scores = scores + bias
-    if dense is not None:
-        scores = jnp.where(dense, scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1)
+    weights = _attention_weights(q, rk, dense, bias)  # the reference's
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), rv)
     return out, (q, k, v, dense, bias, weights, out)
 
