@@ -263,13 +263,18 @@ def read_tensors(folder: pathlib.Path, names) -> tuple[dict[str, np.ndarray], st
     return tensors, source
 
 
-def load_hf(folder: pathlib.Path, **overrides) -> GPT:
-    """Read a Hugging Face GPT-2 folder (config.json + safetensors) into a GPT."""
+def read_config(folder: pathlib.Path, **overrides) -> ModelConfig:
+    """The ModelConfig of a Hugging Face GPT-2 folder, from its config.json alone."""
     config_path = folder / CONFIG
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder}: no {CONFIG}; a Hugging Face GPT-2 folder holds "
                                 f"{CONFIG} and {WEIGHTS} (as save_pretrained writes them)")
-    cfg = config_from_hf(json.loads(config_path.read_text()), str(config_path), **overrides)
+    return config_from_hf(json.loads(config_path.read_text()), str(config_path), **overrides)
+
+
+def load_hf(folder: pathlib.Path, **overrides) -> GPT:
+    """Read a Hugging Face GPT-2 folder (config.json + safetensors) into a GPT."""
+    cfg = read_config(folder, **overrides)
     tensors, source = read_tensors(folder, layout(cfg))
     return params_from_hf(cfg, tensors, source)
 

@@ -112,15 +112,20 @@ def is_run(folder: str | os.PathLike) -> bool:
     return (folder / "config.json").is_file() and (folder / "checkpoints").is_dir()
 
 
-def load_params(workdir: str | os.PathLike, step: int | None = None):
-    """(Config, params) of a run's checkpoint at `step` (default: the latest), on one device."""
+def run_config(workdir: str | os.PathLike) -> Config:
+    """The resolved config a run saved in its workdir."""
     import json
 
+    return Config.from_dict(json.loads((pathlib.Path(workdir) / "config.json").read_text()))
+
+
+def load_params(workdir: str | os.PathLike, step: int | None = None):
+    """(Config, params) of a run's checkpoint at `step` (default: the latest), on one device."""
     from gptjax.training.optim import make_optimizer
     from gptjax.training.state import init_state
 
     workdir = pathlib.Path(workdir)
-    cfg = Config.from_dict(json.loads((workdir / "config.json").read_text()))
+    cfg = run_config(workdir)
     ckpt_dir = workdir / "checkpoints"
     step = latest_step(ckpt_dir) if step is None else step
     if step is None:

@@ -5,7 +5,6 @@ as any run does. Only the start differs: a run resuming its own checkpoint loads
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import jax
 import numpy as np
@@ -30,13 +29,10 @@ def source_config(path: str) -> tuple[str, ModelConfig]:
     except (FileNotFoundError, NotADirectoryError) as e:
         raise ConfigError(f"train.init_from={path!r}: {e}") from None
     if checkpoint.is_run(folder):
-        saved = json.loads((folder / "config.json").read_text())
-        return str(folder), Config.from_dict(saved).model
+        return str(folder), checkpoint.run_config(folder).model
     if hf.is_hf_folder(folder):
-        config_file = folder / hf.CONFIG
         try:
-            return str(folder), hf.config_from_hf(json.loads(config_file.read_text()),
-                                                  str(config_file))
+            return str(folder), hf.read_config(folder)
         except ValueError as e:
             raise ConfigError(f"train.init_from={path!r}: {e}") from None
     raise ConfigError(f"train.init_from={path!r} is neither a Hugging Face GPT-2 folder "
