@@ -33,7 +33,7 @@ from gptjax.training import host, pretrained
 from gptjax.training import metrics as metrics_lib
 from gptjax.training.optim import make_optimizer
 from gptjax.training.sample import sample_text
-from gptjax.training.state import graphdef_of, init_state
+from gptjax.training.state import graphdef_of, init_state, state_from_params
 from gptjax.training.steps import compile_train_step, eval_step_fn
 
 Callback = Callable[[int, Mapping[str, Any]], None]  # (step, logged metrics or {}) -> None
@@ -136,12 +136,13 @@ def train(config, workdir: str | os.PathLike, *, data=None,
     checkpoints = ckpt_lib.Checkpoints(ckpt_dir, keep=tcfg.keep_checkpoints)
     if start is None:
         start = 0
-        state = plan.init(init)
         if tcfg.init_from:  # fine-tuning: the pretrained weights, fresh optimizer moments
             logging.info("Starting %s from the weights of %s", workdir, tcfg.init_from)
             params = pretrained.load_params(cfg, state_sharding.params)
-            opt_state = jax.jit(tx.init, out_shardings=state_sharding.opt_state)(params)
-            state = state.replace(params=params, opt_state=opt_state)
+            state = jax.jit(functools.partial(state_from_params, tx=tx, seed=tcfg.seed),
+                            out_shardings=state_sharding)(params)
+        else:
+            state = plan.init(init)
     else:
         logging.info("Resuming %s from step %d", workdir, start)
         state = checkpoints.restore(start, ckpt_lib.abstract_with_sharding(abstract,

@@ -31,7 +31,12 @@ def init_state(cfg: ModelConfig, tx, seed: int) -> TrainState:
 
     Pure, so it can run under jax.jit with out_shardings (and jax.eval_shape for restore targets).
     """
+    _, params = split(GPT(cfg, rngs=nnx.Rngs(jax.random.PRNGKey(seed))))
+    return state_from_params(params, tx, seed)
+
+
+def state_from_params(params, tx, seed: int) -> TrainState:
+    """Step 0 of a run from `params` (random or pretrained): fresh optimizer state and RNG."""
     key = jax.random.PRNGKey(seed)
-    _, params = split(GPT(cfg, rngs=nnx.Rngs(key)))
     return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
                       rng=jax.random.fold_in(key, 1))  # dropout keys: independent of init's
