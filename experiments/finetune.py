@@ -15,6 +15,7 @@ from absl import app, flags
 from experiments import train
 
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(train)  # --help lists train's --config, --workdir, ... too
 flags.DEFINE_string("init_from", None, "The pretrained model: a Hugging Face GPT-2 folder or "
                     "hub id, or a gptjax run's workdir (default: the config's "
                     "train.init_from).")
