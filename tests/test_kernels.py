@@ -97,12 +97,13 @@ def test_kernel_matches_reference_forward_and_gradient(name, layout, variant):
         np.testing.assert_allclose(g, rg, atol=5e-5, rtol=5e-5)
 
 
-@pytest.mark.parametrize("layout", ["mha", "mqa"])
-def test_xla_stored_weights_backward_equals_autodiff_on_every_row(layout):
-    """On CPUs the xla kernel's MHA/MQA backward is written out (FlashAttention's
-    rowsum(dO * O) form). Beyond the live rows above: rows whose keys are all masked (uniform
-    weights, which the softmax's own backward would spread into the masked scores), an ALiBi
-    bias broadcast over the batch, and bfloat16 inputs keep their dtype."""
+@pytest.mark.parametrize("layout", ["mha", "gqa", "mqa"])
+def test_xla_cpu_backward_equals_autodiff_on_every_row(layout):
+    """On CPUs the xla kernel's backward is written out (FlashAttention's rowsum(dO * O)
+    form, heads folded into the batch axis, K/V gradients summed over their query heads).
+    Beyond the live rows above: rows whose keys are all masked (uniform weights, which the
+    softmax's own backward would spread into the masked scores), an ALiBi bias broadcast over
+    the batch, and bfloat16 inputs keep their dtype."""
     q, k, v = _inputs(LAYOUTS[layout], seed=2)
     slots = jnp.arange(T)
     valid = jnp.stack([jnp.ones(T, bool), jnp.arange(T) >= 3])

@@ -104,12 +104,13 @@ def _repeat_kv(q, k, v):
     return jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
 
 
-def _attention_weights(q, k, dense, bias):
+def _attention_weights(q, k, dense, bias, subscripts="bqhd,bkhd->bhqk"):
     """Steps 2 and 3 of the article: float32 weights [batch, heads, queries, keys]. k has q's
-    heads; dense, bias: the mask's boolean matrix and ALiBi bias, or None."""
+    heads; dense, bias: the mask's boolean matrix and ALiBi bias, or None. subscripts: the
+    scores' einsum, for callers that lay q and k out otherwise (_xla_cpu)."""
     d_k = q.shape[-1]
     # 2. attention scores: every query against every key, in parallel for each head.
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    scores = jnp.einsum(subscripts, q, k).astype(jnp.float32)
     scores = scores / jnp.sqrt(jnp.float32(d_k))
     if bias is not None:
         scores = scores + bias
@@ -146,94 +147,95 @@ def _dot_product_attention(q, k, v, mask=None, *, dropout_rate=0.0, dropout_rng=
     if mask is not None:
         dense, bias = mask.dense(), mask.bias()
     if implementation == "xla" and q.shape[1] > 1 and jax.default_backend() == "cpu":
-        if 1 < k.shape[2] < q.shape[2]:
-            return _grouped_xla(q, k, v, dense, bias)
-        return _xla_stored_weights(q, k, v, dense, bias)
+        return _xla_cpu(q, k, v, dense, bias)
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=dense,
                                         implementation=implementation)
 
 
-def _xla(q, k, v, dense, bias):
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=dense, implementation="xla")
+def _heads_first(x):
+    """[batch, seq, heads, d] -> [batch * heads, seq, d]."""
+    b, t, h, d = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b * h, t, d)
+
+
+def _heads_back(x, batch):
+    """[batch * heads, seq, d] -> [batch, seq, heads, d]."""
+    n, t, d = x.shape
+    return x.reshape(batch, n // batch, t, d).transpose(0, 2, 1, 3)
+
+
+def _per_head(x, batch, heads):
+    """A mask or bias [batch|1, heads|1, q, k] as [batch * heads, q, k] (None stays None)."""
+    if x is None:
+        return None
+    return jnp.broadcast_to(x, (batch, heads, *x.shape[2:])).reshape(batch * heads,
+                                                                    *x.shape[2:])
 
 
 @jax.custom_vjp
-def _grouped_xla(q, k, v, dense, bias):
-    """GQA over many queries (training, evaluation, prefill) in the layout each pass is fastest
-    in. jax's grouped path (a vmap over the query heads that share a K/V head) lays the
-    [queries, keys] scores out group-major; on XLA:CPU transposing them makes the forward pass
-    1.25x slower than repeating K/V at 1k tokens, while its backward, which contracts over the
-    groups directly, makes forward+backward 1.1-2.2x faster than the reference (256-8k tokens;
-    docs/bench_attention) and than _xla_stored_weights' backward (1.3x at 4k). So a forward
-    pass alone repeats the K/V heads (the MHA program) and a differentiated call runs jax's
-    grouped path forward and backward. Measured on CPUs only, so other backends keep jax's
-    path; a decode step (one query) keeps it too, reading the cache in place rather than
-    copying it per query head."""
-    return _xla(q, *_repeat_kv(q, k, v), dense, bias)
-
-
-def _grouped_xla_fwd(q, k, v, dense, bias):
-    return jax.vjp(_xla, q, k, v, dense, bias)
-
-
-def _grouped_xla_bwd(vjp, dout):
-    return vjp(dout)
-
-
-_grouped_xla.defvjp(_grouped_xla_fwd, _grouped_xla_bwd)
-
-
-@jax.custom_vjp
-def _xla_stored_weights(q, k, v, dense, bias):
-    """MHA and MQA over many queries on CPUs: jax's forward, and the backward FlashAttention
-    derives, from the stored weights P = softmax(S):
+def _xla_cpu(q, k, v, dense, bias):
+    """The xla kernel over many queries (training, evaluation, prefill) on CPUs: the reference's
+    arithmetic with the heads folded into the products' batch axis, [batch * heads, seq, d]
+    (K/V heads repeated for MQA/GQA), and the backward FlashAttention derives from the stored
+    weights P = softmax(S):
 
         dV = P^T dO    dP = dO V^T    dS = P * (dP - rowsum(dO * O))    dQ = dS K / sqrt(d_k)
         dK = dS^T Q / sqrt(d_k)
 
-    rowsum(dO * O) equals the softmax backward's rowsum(P * dP) (O = P V) but costs O(T d),
-    not a pass over the [queries, keys] matrices; the scale moves onto the [T, d] products and
-    masked weights are already zero, so autodiff's two other passes over them go too. Measured
-    on XLA:CPU against autodiff's backward (same process, rounds taken together): 1.2-1.3x
-    faster forward+backward at 4k tokens for MHA (1.05x for MQA), 1.5x at 8k for both, equal at
-    1k where the products dominate. GQA keeps jax's grouped backward, faster still. MQA's K/V
-    head is repeated for the products and its gradients summed back."""
-    return _xla(q, *_repeat_kv(q, k, v), dense, bias)
+    Why, measured on XLA:CPU (docs/bench_attention):
+    - jax.nn.dot_product_attention's and the reference's [batch, seq, heads, d] einsums make
+      XLA compute the weighted sum transposed, (P V)^T = V^T P^T, which copies the [T, T]
+      weights into P^T first, and, in the backward, keep the weights twice; with the heads
+      first the weights feed their products as they lie.
+    - rowsum(dO * O) equals the softmax backward's rowsum(P * dP) (O = P V) but costs O(T d),
+      not a pass over the [T, T] matrices; the scale moves onto the [T, d] products and the
+      mask onto dP, where XLA fuses it with the product.
+    - Repeating the K/V heads costs O(T d); jax's grouped path (a vmap over the query heads
+      that share a K/V head) held 2x the temporaries for the same time.
+    Other backends, and a decode step (one query, read from the cache in place), keep
+    jax.nn.dot_product_attention."""
+    return _xla_cpu_fwd(q, k, v, dense, bias)[0]
 
 
-def _xla_stored_weights_fwd(q, k, v, dense, bias):
-    rk, rv = _repeat_kv(q, k, v)
-    weights = _attention_weights(q, rk, dense, bias)  # the reference's
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), rv)
-    return out, (q, k, v, dense, bias, weights, out)
+def _xla_cpu_fwd(q, k, v, dense, bias):
+    batch, heads = q.shape[0], q.shape[2]
+    qh, kh, vh = (_heads_first(x) for x in (q, *_repeat_kv(q, k, v)))
+    weights = _attention_weights(qh, kh, _per_head(dense, batch, heads),
+                                 _per_head(bias, batch, heads), subscripts="nqd,nkd->nqk")
+    out = jnp.einsum("nqk,nkd->nqd", weights.astype(v.dtype), vh)
+    return _heads_back(out, batch), (qh, kh, vh, dense, bias, weights, out, k.shape[2])
 
 
-def _xla_stored_weights_bwd(res, dout):
-    q, k, v, dense, bias, weights, out = res
-    kv_heads = k.shape[2]
-    k, v = _repeat_kv(q, k, v)
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    dv = jnp.einsum("bhqk,bqhd->bkhd", weights.astype(dout.dtype), dout)
-    dp = jnp.einsum("bqhd,bkhd->bhqk", dout, v).astype(jnp.float32)
-    delta = jnp.einsum("bqhd,bqhd->bhq", dout.astype(jnp.float32), out.astype(jnp.float32))
-    ds = weights * (dp - delta[..., None])
+def _xla_cpu_bwd(res, dout):
+    qh, kh, vh, dense, bias, weights, out, kv_heads = res
+    batch, heads = dout.shape[0], dout.shape[2]
+    scale = 1.0 / math.sqrt(qh.shape[-1])
+    doh = _heads_first(dout)
+    dv = jnp.einsum("nqk,nqd->nkd", weights.astype(doh.dtype), doh)
+    dp = jnp.einsum("nqd,nkd->nqk", doh, vh).astype(jnp.float32)
+    delta = jnp.einsum("nqd,nqd->nq", doh.astype(jnp.float32), out.astype(jnp.float32))
+    dp = dp - delta[..., None]
     if dense is not None:  # a row with every key masked has uniform weights, not zeros
-        ds = jnp.where(dense, ds, 0.0)
+        dp = jnp.where(_per_head(dense, batch, heads), dp, 0.0)
+    ds = weights * dp
     dbias = None
     if bias is not None:  # summed over the axes bias was broadcast along
-        dbias = jnp.sum(ds, axis=tuple(i for i, n in enumerate(bias.shape) if n < ds.shape[i]),
-                        keepdims=True).astype(bias.dtype)
-    ds = ds.astype(q.dtype)
-    dq = jnp.einsum("bhqk,bkhd->bqhd", ds, k) * scale
-    dk = jnp.einsum("bhqk,bqhd->bkhd", ds, q) * scale
-    if kv_heads < q.shape[2]:  # MQA: the repeated heads' gradients, summed back
-        dk = dk.sum(axis=2, keepdims=True)
-        dv = dv.sum(axis=2, keepdims=True)
+        full = ds.reshape(batch, heads, *ds.shape[1:])
+        dbias = jnp.sum(full, axis=tuple(i for i, n in enumerate(bias.shape)
+                                         if n < full.shape[i]), keepdims=True).astype(bias.dtype)
+    ds = ds.astype(qh.dtype)
+    dq = jnp.einsum("nqk,nkd->nqd", ds, kh) * scale
+    dk = jnp.einsum("nqk,nqd->nkd", ds, qh) * scale
+    dq, dk, dv = (_heads_back(x, batch) for x in (dq, dk, dv))
+    if kv_heads < heads:  # MQA/GQA: each K/V head's repeats' gradients, summed back
+        group_sum = lambda x: x.reshape(*x.shape[:2], kv_heads, heads // kv_heads,  # noqa: E731
+                                        x.shape[-1]).sum(axis=3)
+        dk, dv = group_sum(dk), group_sum(dv)
     ddense = None if dense is None else np.zeros(dense.shape, jax.dtypes.float0)
     return dq, dk, dv, ddense, dbias
 
 
-_xla_stored_weights.defvjp(_xla_stored_weights_fwd, _xla_stored_weights_bwd)
+_xla_cpu.defvjp(_xla_cpu_fwd, _xla_cpu_bwd)
 
 register("xla")(functools.partial(_dot_product_attention, implementation="xla"))
 
