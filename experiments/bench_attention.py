@@ -40,8 +40,7 @@ def main(argv):
         raise app.UsageError(f"unknown layouts {bad}; choose from {list(attention.LAYOUTS)}")
     if FLAGS.peak_tflops is not None and FLAGS.peak_tflops <= 0:
         raise app.UsageError(f"--peak_tflops must be positive, got {FLAGS.peak_tflops}")
-    print("| kernel | heads | pass | seq_len | status | time (ms) | compile (s) | memory (MiB) "
-          "| TFLOP/s | note |")
+    print(attention.header())
     shape = dict(heads=FLAGS.heads, head_dim=FLAGS.head_dim, dtype=FLAGS.dtype)
     cases = attention.run(names, [int(n) for n in FLAGS.lengths], FLAGS.layouts, FLAGS.passes,
                           repeats=FLAGS.repeats, min_seconds=FLAGS.min_seconds, **shape)

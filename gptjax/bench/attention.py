@@ -1,9 +1,13 @@
 """Attention kernels measured for speed and memory across sequence lengths and head layouts.
 
-Every kernel in gptjax.model.kernels.KERNELS is picked up automatically. Memory is XLA's plan
-for the compiled program (arguments + outputs + temporaries), which is what decides whether a
-case fits; a case whose plan exceeds the memory available is recorded as out-of-memory
-instead of being run, and an allocation failure at run time is recorded the same way.
+Every kernel in gptjax.model.kernels.KERNELS is picked up automatically. Memory is given twice:
+XLA's plan for the compiled program (arguments + outputs + temporaries), known before anything
+runs, and, on a Linux host, the memory a call really held at its peak (the arguments plus the
+growth of the process's resident memory), which on XLA:CPU is up to 2x the plan since its
+fused library calls allocate scratch of their own. A case whose plan exceeds the memory
+available is recorded as out-of-memory instead of being run; one whose plan is over half of it
+is first run once in a child process, so that the OS killing it for memory is recorded too
+rather than ending the benchmark; an allocation failure at run time is recorded the same way.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import multiprocessing
 import os
 import pathlib
 import statistics
 import time
+from concurrent import futures
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +40,8 @@ class Case:
     status: str = "ok"  # ok | oom | unavailable | error
     compile_s: float | None = None
     time_ms: float | None = None
-    memory_mib: float | None = None
+    memory_mib: float | None = None  # XLA's plan
+    peak_mib: float | None = None  # measured: arguments + resident growth during a call
     tflops: float | None = None
     note: str = ""
     rounds_ms: list[float] | None = None  # each timed run, in rounds shared with the others
@@ -47,6 +54,34 @@ def available_memory_bytes() -> int:
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"])
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _proc_status_mib(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            line = next(x for x in f if x.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) / 1024  # kB
+
+
+def _peak_growth_mib(call) -> float | None:
+    """How far `call()` raised this process's resident memory above where it stood: Linux's
+    peak-RSS mark (VmHWM) reset through /proc/self/clear_refs, read after the call. None where
+    /proc is absent (or on an accelerator, whose memory the host's RSS does not see)."""
+    if jax.default_backend() != "cpu":
+        call()
+        return None
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        call()
+        return None
+    before = _proc_status_mib("VmRSS")
+    call()
+    peak = _proc_status_mib("VmHWM")
+    return None if before is None or peak is None else max(peak - before, 0.0)
 
 
 def attention_flops(seq_len, heads, head_dim, batch, pass_):
@@ -87,8 +122,8 @@ def measure_together(kernel_names, seq_len, layout, pass_, *, heads=12, head_dim
         compiled = _compile(case, spec, dtype, budget)
         if compiled is not None:
             runners[name] = compiled
-    keys = jax.random.split(jax.random.key(0), len(spec))
-    args = [jax.random.normal(k, s.shape, dtype) for k, s in zip(keys, spec)]
+    args = _inputs(spec)
+    arg_mib = sum(a.nbytes for a in args) / 2**20
     times = {name: [] for name in runners}
     warm = set()  # the first run of each kernel is its warm-up, not timed
     by_name = {c.kernel: c for c in cases}
@@ -99,11 +134,15 @@ def measure_together(kernel_names, seq_len, layout, pass_, *, heads=12, head_dim
         for name, compiled in order[turn % len(order):] + order[:turn % len(order)]:
             try:
                 start = time.perf_counter()
-                jax.block_until_ready(compiled(*args))
+                if name in warm:
+                    jax.block_until_ready(compiled(*args))
+                else:  # the warm-up run measures the memory a call holds
+                    growth = _peak_growth_mib(lambda: jax.block_until_ready(compiled(*args)))
+                    if growth is not None and by_name[name].peak_mib is None:
+                        by_name[name].peak_mib = growth + arg_mib
                 elapsed = time.perf_counter() - start
             except Exception as e:  # noqa: BLE001 -- an allocation failure is a result
-                oom = "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower()
-                by_name[name].status = "oom" if oom else "error"
+                by_name[name].status = "oom" if _is_oom(e) else "error"
                 by_name[name].note = str(e).split("\n")[0][:120]
                 del runners[name], times[name]
                 continue
@@ -123,15 +162,14 @@ def measure_together(kernel_names, seq_len, layout, pass_, *, heads=12, head_dim
     return cases
 
 
-def _compile(case, spec, dtype, budget):
-    """The compiled kernel, or None with case.status saying why it cannot run."""
-    try:  # a kernel this backend or dtype cannot run is a result, not a crash
-        kernels.check_available(case.kernel, dtype=dtype)
-    except ValueError as e:
-        case.status, case.note = "unavailable", str(e).split(";")[0][:120]
-        return None
-    kernel = kernels.get_kernel(case.kernel)
-    mask = causal(case.seq_len)
+def _is_oom(e: Exception) -> bool:
+    return "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower()
+
+
+def _program(kernel_name, seq_len, pass_):
+    """The jitted call a case times: the kernel under a causal mask, or its VJP."""
+    kernel = kernels.get_kernel(kernel_name)
+    mask = causal(seq_len)
 
     def fwd(q, k, v):
         return kernel(q, k, v, mask)
@@ -139,7 +177,46 @@ def _compile(case, spec, dtype, budget):
     def fwd_bwd(q, k, v, dout):
         return jax.vjp(fwd, q, k, v)[1](dout)
 
-    fn = jax.jit(fwd if case.pass_ == "fwd" else fwd_bwd)
+    return jax.jit(fwd if pass_ == "fwd" else fwd_bwd)
+
+
+def _inputs(spec):
+    keys = jax.random.split(jax.random.key(0), len(spec))
+    return [jax.random.normal(k, s.shape, s.dtype) for k, s in zip(keys, spec)]
+
+
+def _first_run_mib(kernel_name, seq_len, pass_, spec):
+    """Run in a child process: one call's measured memory (see Case.peak_mib)."""
+    try:  # when memory runs out, the OS is to kill this child rather than the benchmark
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+    compiled = _program(kernel_name, seq_len, pass_).lower(*spec).compile()
+    args = _inputs(spec)
+    growth = _peak_growth_mib(lambda: jax.block_until_ready(compiled(*args)))
+    return None if growth is None else growth + sum(a.nbytes for a in args) / 2**20
+
+
+def _in_child(fn, *args):
+    """(True, fn(*args)) from a fresh spawned process, or (False, None) if that process died
+    (killed by the OS for memory, or aborted). Exceptions fn raises are raised here."""
+    context = multiprocessing.get_context("spawn")  # a forked JAX process is not safe
+    with futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        try:
+            return True, pool.submit(fn, *args).result()
+        except futures.process.BrokenProcessPool:
+            return False, None
+
+
+def _compile(case, spec, dtype, budget):
+    """The compiled kernel, or None with case.status saying why it cannot run."""
+    try:  # a kernel this backend or dtype cannot run is a result, not a crash
+        kernels.check_available(case.kernel, dtype=dtype)
+    except ValueError as e:
+        case.status, case.note = "unavailable", str(e).split(";")[0][:120]
+        return None
+    fn = _program(case.kernel, case.seq_len, case.pass_)
     try:
         start = time.perf_counter()
         compiled = fn.lower(*spec).compile()
@@ -156,6 +233,20 @@ def _compile(case, spec, dtype, budget):
             case.status = "oom"
             case.note = f"plans {planned / 2**30:.1f} GiB > {budget / 2**30:.1f} GiB available"
             return None
+        if planned > budget / 2 and jax.default_backend() == "cpu":
+            # XLA:CPU can hold up to 2x its plan: a first run where dying costs nothing
+            try:
+                survived, case.peak_mib = _in_child(_first_run_mib, case.kernel, case.seq_len,
+                                                    case.pass_, spec)
+            except Exception as e:  # noqa: BLE001 -- an allocation failure is a result
+                case.status = "oom" if _is_oom(e) else "error"
+                case.note = str(e).split("\n")[0][:120]
+                return None
+            if not survived:
+                case.status = "oom"
+                case.note = (f"killed by the OS in a trial run (plans {planned / 2**30:.1f} GiB "
+                             f"of {budget / 2**30:.1f} GiB available)")
+                return None
     return compiled
 
 
@@ -173,29 +264,39 @@ def run(kernel_names, lengths, layouts, passes=("fwd", "fwd+bwd"), *, log=print,
                                                       note="shorter length OOM")
                     gave_up |= {name} if case.status == "oom" else set()
                     cases.append(case)
-                    log(_row(case))
+                    log(row(case))
     order = {name: i for i, name in enumerate(kernel_names)}
     return sorted(cases, key=lambda c: (layouts.index(c.layout), passes.index(c.pass_),
                                         order[c.kernel], c.seq_len))
 
 
-def _row(c: Case, peak_tflops: float | None = None) -> str:
+def header(peak_tflops: float | None = None) -> str:
+    """The markdown table's header, for the rows `row` writes."""
+    share = " % of peak |" if peak_tflops else ""
+    return ("| kernel | heads | pass | seq_len | status | time (ms) | compile (s) | "
+            f"planned MiB | peak MiB | TFLOP/s |{share} note |\n"
+            + "|" + "---|" * (12 if share else 11))
+
+
+def row(c: Case, peak_tflops: float | None = None) -> str:
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     share = "" if peak_tflops is None else \
         f" {fmt(c.tflops and 100 * c.tflops / peak_tflops, '.1f')} |"
     return (f"| {c.kernel} | {c.layout} | {c.pass_} | {c.seq_len} | {c.status} | "
             f"{fmt(c.time_ms, '.2f')} | {fmt(c.compile_s, '.2f')} | {fmt(c.memory_mib, '.1f')} | "
-            f"{fmt(c.tflops, '.3f')} |{share} {c.note} |")
+            f"{fmt(c.peak_mib, '.1f')} | {fmt(c.tflops, '.3f')} |{share} {c.note} |")
 
 
-def memory_ratios(cases, baseline="reference", kernel="blockwise", lengths=(4096, 8192, 16384)):
-    """Planned fwd+bwd memory of `baseline` over `kernel` at the given lengths (MHA)."""
+def memory_ratios(cases, baseline="reference", kernel="blockwise", lengths=(4096, 8192, 16384),
+                  metric="memory_mib"):
+    """fwd+bwd memory of `baseline` over `kernel` at the given lengths (MHA): planned
+    (memory_mib) or measured (peak_mib, only where both ran)."""
     out = {}
     by = {(c.kernel, c.seq_len): c for c in cases if c.layout == "mha" and c.pass_ == "fwd+bwd"}
     for n in lengths:
         a, b = by.get((baseline, n)), by.get((kernel, n))
-        if a and b and a.memory_mib and b.memory_mib:
-            out[n] = a.memory_mib / b.memory_mib
+        if a and b and getattr(a, metric) and getattr(b, metric):
+            out[n] = getattr(a, metric) / getattr(b, metric)
     return out
 
 
@@ -240,14 +341,16 @@ def write_report(cases, outdir, *, title="Attention kernels", command="", heads=
     lines = [f"# {title}", "", f"Device: {device.platform} ({device.device_kind}), "
              f"{jax.device_count()} device(s); batch 1, {heads} query heads of {head_dim}, "
              f"{jnp.dtype(dtype).name}, causal.",
-             "Memory is XLA's plan for the compiled program (arguments + outputs + temporaries).",
-             ""]
+             "Memory: planned is XLA's plan for the compiled program (arguments + outputs + "
+             "temporaries); peak is measured, the arguments plus how far the process's resident "
+             "memory rose during one call (Linux's VmHWM).", ""]
     if command:
         lines += ["Command:", "", f"    {command}", ""]
-    ratios = memory_ratios(cases)
-    if ratios:
-        lines += ["Planned fwd+bwd memory, reference / blockwise (MHA): " + ", ".join(
-            f"{n // 1024}k: {r:.1f}x" for n, r in ratios.items()), ""]
+    for metric, what in (("memory_mib", "Planned"), ("peak_mib", "Measured peak")):
+        ratios = memory_ratios(cases, metric=metric)
+        if ratios:
+            lines += [f"{what} fwd+bwd memory, reference / blockwise (MHA): " + ", ".join(
+                f"{n // 1024}k: {r:.1f}x" for n, r in ratios.items()), ""]
     speed = speed_ratios(cases)
     if speed:
         fmt = lambda r: "-" if r is None else f"{r[0]:.2f} ({r[1]:.2f}-{r[2]:.2f})"  # noqa: E731
@@ -266,10 +369,7 @@ def write_report(cases, outdir, *, title="Attention kernels", command="", heads=
     if peak_tflops:
         lines += [f"% of peak: TFLOP/s against the {peak_tflops:g} TFLOP/s given as the "
                   "chip's peak.", ""]
-    share = " % of peak |" if peak_tflops else ""
-    lines += ["| kernel | heads | pass | seq_len | status | time (ms) | compile (s) | "
-              f"memory (MiB) | TFLOP/s |{share} note |", "|" + "---|" * (11 if share else 10)]
-    lines += [_row(c, peak_tflops) for c in cases]
+    lines += [header(peak_tflops)] + [row(c, peak_tflops) for c in cases]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     (outdir / "attention.md").write_text("\n".join(lines) + "\n")
     return outdir / "attention.md"
@@ -282,7 +382,10 @@ def _plot(cases, outdir):
     import matplotlib.pyplot as plt
 
     paths = []
-    for metric, label in (("time_ms", "time (ms)"), ("memory_mib", "planned memory (MiB)")):
+    for metric, label in (("time_ms", "time (ms)"), ("memory_mib", "planned memory (MiB)"),
+                          ("peak_mib", "measured peak memory (MiB)")):
+        if all(getattr(c, metric) is None for c in cases):  # e.g. peak_mib off Linux
+            continue
         layouts = sorted({c.layout for c in cases})
         fig, axes = plt.subplots(1, len(layouts), figsize=(5 * len(layouts), 4), squeeze=False)
         for ax, layout in zip(axes[0], layouts):
