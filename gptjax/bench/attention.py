@@ -13,6 +13,7 @@ rather than ending the benchmark; an allocation failure at run time is recorded 
 from __future__ import annotations
 
 import csv
+import ctypes
 import dataclasses
 import json
 import multiprocessing
@@ -65,6 +66,12 @@ def _proc_status_mib(field: str) -> float | None:
     return int(line.split()[1]) / 1024  # kB
 
 
+try:  # glibc's: hands the heap's free pages back to the OS
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError):
+    _malloc_trim = None
+
+
 def _peak_growth_mib(call) -> float | None:
     """How far `call()` raised this process's resident memory above where it stood: Linux's
     peak-RSS mark (VmHWM) reset through /proc/self/clear_refs, read after the call. None where
@@ -78,6 +85,8 @@ def _peak_growth_mib(call) -> float | None:
     except OSError:
         call()
         return None
+    if _malloc_trim is not None:  # so the call's allocations show: none reuse resident pages
+        _malloc_trim(0)
     before = _proc_status_mib("VmRSS")
     call()
     peak = _proc_status_mib("VmHWM")
@@ -125,30 +134,33 @@ def measure_together(kernel_names, seq_len, layout, pass_, *, heads=12, head_dim
     args = _inputs(spec)
     arg_mib = sum(a.nbytes for a in args) / 2**20
     times = {name: [] for name in runners}
-    warm = set()  # the first run of each kernel is its warm-up, not timed
+    # Before its timed runs, each kernel runs twice: a warm-up, then a call whose memory is
+    # measured (a first call also allocates what the runtime keeps, e.g. its threads' scratch).
+    untimed = {name: 2 for name in runners}
     by_name = {c.kernel: c for c in cases}
     turn = 0
     while runners:
         order = list(runners.items())
         turn += 1  # each round starts with the next kernel, so none always runs first
         for name, compiled in order[turn % len(order):] + order[:turn % len(order)]:
+            call = lambda: jax.block_until_ready(compiled(*args))  # noqa: E731
             try:
-                start = time.perf_counter()
-                if name in warm:
-                    jax.block_until_ready(compiled(*args))
-                else:  # the warm-up run measures the memory a call holds
-                    growth = _peak_growth_mib(lambda: jax.block_until_ready(compiled(*args)))
-                    if growth is not None and by_name[name].peak_mib is None:
-                        by_name[name].peak_mib = growth + arg_mib
-                elapsed = time.perf_counter() - start
+                if untimed[name] == 1 and by_name[name].peak_mib is None:
+                    growth = _peak_growth_mib(call)
+                    by_name[name].peak_mib = None if growth is None else growth + arg_mib
+                else:
+                    start = time.perf_counter()
+                    call()
+                    elapsed = time.perf_counter() - start
             except Exception as e:  # noqa: BLE001 -- an allocation failure is a result
                 by_name[name].status = "oom" if _is_oom(e) else "error"
                 by_name[name].note = str(e).split("\n")[0][:120]
                 del runners[name], times[name]
                 continue
-            if name in warm:
+            if untimed[name]:
+                untimed[name] -= 1
+            else:
                 times[name].append(elapsed)
-            warm.add(name)
         enough = [len(t) >= repeats and (sum(t) >= min_seconds or len(t) >= 200)
                   for t in times.values()]
         if all(enough):
@@ -186,7 +198,7 @@ def _inputs(spec):
 
 
 def _first_run_mib(kernel_name, seq_len, pass_, spec):
-    """Run in a child process: one call's measured memory (see Case.peak_mib)."""
+    """Run in a child process: a call's measured memory (see Case.peak_mib)."""
     try:  # when memory runs out, the OS is to kill this child rather than the benchmark
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("1000")
@@ -194,6 +206,7 @@ def _first_run_mib(kernel_name, seq_len, pass_, spec):
         pass
     compiled = _program(kernel_name, seq_len, pass_).lower(*spec).compile()
     args = _inputs(spec)
+    jax.block_until_ready(compiled(*args))  # as measure_together: a warm-up, then measured
     growth = _peak_growth_mib(lambda: jax.block_until_ready(compiled(*args)))
     return None if growth is None else growth + sum(a.nbytes for a in args) / 2**20
 
@@ -343,7 +356,9 @@ def write_report(cases, outdir, *, title="Attention kernels", command="", heads=
              f"{jnp.dtype(dtype).name}, causal.",
              "Memory: planned is XLA's plan for the compiled program (arguments + outputs + "
              "temporaries); peak is measured, the arguments plus how far the process's resident "
-             "memory rose during one call (Linux's VmHWM).", ""]
+             "memory rose during one call (Linux's VmHWM). Below about 100 MiB the measured "
+             "figure is mostly the allocator's doing (pages it reuses or keeps), so compare "
+             "plans there.", ""]
     if command:
         lines += ["Command:", "", f"    {command}", ""]
     for metric, what in (("memory_mib", "Planned"), ("peak_mib", "Measured peak")):
@@ -382,10 +397,7 @@ def _plot(cases, outdir):
     import matplotlib.pyplot as plt
 
     paths = []
-    for metric, label in (("time_ms", "time (ms)"), ("memory_mib", "planned memory (MiB)"),
-                          ("peak_mib", "measured peak memory (MiB)")):
-        if all(getattr(c, metric) is None for c in cases):  # e.g. peak_mib off Linux
-            continue
+    for metric, label in (("time_ms", "time (ms)"), ("memory_mib", "planned memory (MiB)")):
         layouts = sorted({c.layout for c in cases})
         fig, axes = plt.subplots(1, len(layouts), figsize=(5 * len(layouts), 4), squeeze=False)
         for ax, layout in zip(axes[0], layouts):
