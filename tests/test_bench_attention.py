@@ -24,9 +24,6 @@ def test_every_case_is_recorded(cases):
         else:
             assert c.status == "ok", c
             assert c.time_ms > 0 and c.memory_mib > 0 and c.compile_s > 0
-            # measured: at least the arguments (q, k, v and for fwd+bwd the cotangent)
-            heads = (1 if c.pass_ == "fwd" else 2) * 2 + 2 * (1 if c.layout == "mqa" else 2)
-            assert c.peak_mib >= heads * c.seq_len * 8 * 4 / 2**20
 
 
 def test_report_has_table_speed_ratios_and_plots(cases, tmp_path):
@@ -58,7 +55,7 @@ def test_report_names_dtype_and_share_of_peak(tmp_path):
                               peak_tflops=peak).read_text()
     assert "2 query heads of 8, bfloat16" in text and "% of peak" in text
     row = next(line for line in text.splitlines() if line.startswith("| xla | mha | fwd | 32"))
-    assert float(row.split("|")[11]) == pytest.approx(25.0, abs=0.06)
+    assert float(row.split("|")[10]) == pytest.approx(25.0, abs=0.06)
 
 
 def test_kernels_of_one_length_are_timed_in_shared_rounds():
@@ -78,23 +75,9 @@ def test_a_case_over_the_memory_budget_is_oom_and_so_are_longer_ones():
     assert cases[0].memory_mib > 0 and "available" in cases[0].note
 
 
-def test_peak_growth_sees_a_call_holding_memory():
-    """The measured peak is the high-water mark during the call, not what is left after it."""
-    import numpy as np
-
-    def hold(mib):
-        a = np.ones(mib * 2**20 // 8)
-        a[::512] += 1  # touch every page
-        del a
-
-    big = bench._peak_growth_mib(lambda: hold(256))
-    small = bench._peak_growth_mib(lambda: hold(16))
-    assert 250 <= big <= 300 and small < 64
-
-
 def test_a_case_over_half_the_budget_first_runs_in_a_child(monkeypatch):
-    """Plans between half and all of the budget are tried in a spawned process first: the case
-    runs, and its measured peak comes from that trial."""
+    """Plans between half and all of the budget are tried in a spawned process first; one that
+    survives is then timed as usual."""
     trials, in_child = [], bench._in_child
     monkeypatch.setattr(bench, "_in_child", lambda *a: trials.append(a) or in_child(*a))
     planned = _planned_bytes()
@@ -102,14 +85,21 @@ def test_a_case_over_half_the_budget_first_runs_in_a_child(monkeypatch):
     case = bench.measure_together(["xla"], 64, "mha", "fwd", heads=2, head_dim=8, repeats=1,
                                   min_seconds=0.0, memory_budget=int(1.5 * planned))[0]
     assert [t[1:4] for t in trials] == [("xla", 64, "fwd")]
-    assert case.status == "ok" and case.peak_mib > 0
+    assert case.status == "ok" and case.time_ms > 0
 
 
-def test_a_trial_run_the_os_kills_is_recorded_not_fatal():
+def test_a_trial_run_the_os_kills_is_recorded_not_fatal(monkeypatch):
+    """The child dying (here by SIGABRT, as by the OOM killer's SIGKILL) makes the case out of
+    memory; the benchmark goes on."""
     import os
 
-    assert bench._in_child(os.getpid)[0] is True
-    assert bench._in_child(os.abort) == (False, None)  # a SIGABRT, like the OOM killer's SIGKILL
+    assert bench._in_child(os.getpid)[0] is True  # a child that lives returns its result
+    in_child = bench._in_child
+    monkeypatch.setattr(bench, "_in_child", lambda fn, *a: in_child(os.abort))
+    planned = _planned_bytes()
+    cases = bench.measure_together(["xla", "reference"], 64, "mha", "fwd", heads=2, head_dim=8,
+                                   repeats=1, min_seconds=0.0, memory_budget=int(1.5 * planned))
+    assert cases[0].status == "oom" and "killed by the OS" in cases[0].note
 
 
 def _planned_bytes():

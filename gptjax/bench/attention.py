@@ -1,19 +1,18 @@
 """Attention kernels measured for speed and memory across sequence lengths and head layouts.
 
-Every kernel in gptjax.model.kernels.KERNELS is picked up automatically. Memory is given twice:
-XLA's plan for the compiled program (arguments + outputs + temporaries), known before anything
-runs, and, on a Linux host, the memory a call really held at its peak (the arguments plus the
-growth of the process's resident memory), which on XLA:CPU is up to 2x the plan since its
-fused library calls allocate scratch of their own. A case whose plan exceeds the memory
-available is recorded as out-of-memory instead of being run; one whose plan is over half of it
-is first run once in a child process, so that the OS killing it for memory is recorded too
-rather than ending the benchmark; an allocation failure at run time is recorded the same way.
+Every kernel in gptjax.model.kernels.KERNELS is picked up automatically. Memory is XLA's plan
+for the compiled program (arguments + outputs + temporaries), which is what decides whether a
+case fits. A case whose plan exceeds the memory available is recorded as out-of-memory instead
+of being run. XLA:CPU's fused library calls allocate scratch of their own, up to as much again
+as the plan (measured with the process's peak RSS), so on a CPU a case planning over half the
+memory available first runs in a child process, and the OS killing it for memory is recorded
+too, rather than ending the benchmark; an allocation failure at run time is recorded the same
+way.
 """
 
 from __future__ import annotations
 
 import csv
-import ctypes
 import dataclasses
 import json
 import multiprocessing
@@ -42,7 +41,6 @@ class Case:
     compile_s: float | None = None
     time_ms: float | None = None
     memory_mib: float | None = None  # XLA's plan
-    peak_mib: float | None = None  # measured: arguments + resident growth during a call
     tflops: float | None = None
     note: str = ""
     rounds_ms: list[float] | None = None  # each timed run, in rounds shared with the others
@@ -55,42 +53,6 @@ def available_memory_bytes() -> int:
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"])
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-
-
-def _proc_status_mib(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            line = next(x for x in f if x.startswith(field + ":"))
-    except (OSError, StopIteration):
-        return None
-    return int(line.split()[1]) / 1024  # kB
-
-
-try:  # glibc's: hands the heap's free pages back to the OS
-    _malloc_trim = ctypes.CDLL(None).malloc_trim
-except (OSError, AttributeError):
-    _malloc_trim = None
-
-
-def _peak_growth_mib(call) -> float | None:
-    """How far `call()` raised this process's resident memory above where it stood: Linux's
-    peak-RSS mark (VmHWM) reset through /proc/self/clear_refs, read after the call. None where
-    /proc is absent (or on an accelerator, whose memory the host's RSS does not see)."""
-    if jax.default_backend() != "cpu":
-        call()
-        return None
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        call()
-        return None
-    if _malloc_trim is not None:  # so the call's allocations show: none reuse resident pages
-        _malloc_trim(0)
-    before = _proc_status_mib("VmRSS")
-    call()
-    peak = _proc_status_mib("VmHWM")
-    return None if before is None or peak is None else max(peak - before, 0.0)
 
 
 def attention_flops(seq_len, heads, head_dim, batch, pass_):
@@ -132,35 +94,26 @@ def measure_together(kernel_names, seq_len, layout, pass_, *, heads=12, head_dim
         if compiled is not None:
             runners[name] = compiled
     args = _inputs(spec)
-    arg_mib = sum(a.nbytes for a in args) / 2**20
     times = {name: [] for name in runners}
-    # Before its timed runs, each kernel runs twice: a warm-up, then a call whose memory is
-    # measured (a first call also allocates what the runtime keeps, e.g. its threads' scratch).
-    untimed = {name: 2 for name in runners}
+    warm = set()  # the first run of each kernel is its warm-up, not timed
     by_name = {c.kernel: c for c in cases}
     turn = 0
     while runners:
         order = list(runners.items())
         turn += 1  # each round starts with the next kernel, so none always runs first
         for name, compiled in order[turn % len(order):] + order[:turn % len(order)]:
-            call = lambda: jax.block_until_ready(compiled(*args))  # noqa: E731
             try:
-                if untimed[name] == 1 and by_name[name].peak_mib is None:
-                    growth = _peak_growth_mib(call)
-                    by_name[name].peak_mib = None if growth is None else growth + arg_mib
-                else:
-                    start = time.perf_counter()
-                    call()
-                    elapsed = time.perf_counter() - start
+                start = time.perf_counter()
+                jax.block_until_ready(compiled(*args))
+                elapsed = time.perf_counter() - start
             except Exception as e:  # noqa: BLE001 -- an allocation failure is a result
                 by_name[name].status = "oom" if _is_oom(e) else "error"
                 by_name[name].note = str(e).split("\n")[0][:120]
                 del runners[name], times[name]
                 continue
-            if untimed[name]:
-                untimed[name] -= 1
-            else:
+            if name in warm:
                 times[name].append(elapsed)
+            warm.add(name)
         enough = [len(t) >= repeats and (sum(t) >= min_seconds or len(t) >= 200)
                   for t in times.values()]
         if all(enough):
@@ -197,18 +150,15 @@ def _inputs(spec):
     return [jax.random.normal(k, s.shape, s.dtype) for k, s in zip(keys, spec)]
 
 
-def _first_run_mib(kernel_name, seq_len, pass_, spec):
-    """Run in a child process: a call's measured memory (see Case.peak_mib)."""
+def _trial_run(kernel_name, seq_len, pass_, spec):
+    """Run in a child process: compile the case and call it once."""
     try:  # when memory runs out, the OS is to kill this child rather than the benchmark
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("1000")
     except OSError:
         pass
     compiled = _program(kernel_name, seq_len, pass_).lower(*spec).compile()
-    args = _inputs(spec)
-    jax.block_until_ready(compiled(*args))  # as measure_together: a warm-up, then measured
-    growth = _peak_growth_mib(lambda: jax.block_until_ready(compiled(*args)))
-    return None if growth is None else growth + sum(a.nbytes for a in args) / 2**20
+    jax.block_until_ready(compiled(*_inputs(spec)))
 
 
 def _in_child(fn, *args):
@@ -249,8 +199,8 @@ def _compile(case, spec, dtype, budget):
         if planned > budget / 2 and jax.default_backend() == "cpu":
             # XLA:CPU can hold up to 2x its plan: a first run where dying costs nothing
             try:
-                survived, case.peak_mib = _in_child(_first_run_mib, case.kernel, case.seq_len,
-                                                    case.pass_, spec)
+                survived, _ = _in_child(_trial_run, case.kernel, case.seq_len, case.pass_,
+                                        spec)
             except Exception as e:  # noqa: BLE001 -- an allocation failure is a result
                 case.status = "oom" if _is_oom(e) else "error"
                 case.note = str(e).split("\n")[0][:120]
@@ -287,8 +237,7 @@ def header(peak_tflops: float | None = None) -> str:
     """The markdown table's header, for the rows `row` writes."""
     share = " % of peak |" if peak_tflops else ""
     return ("| kernel | heads | pass | seq_len | status | time (ms) | compile (s) | "
-            f"planned MiB | peak MiB | TFLOP/s |{share} note |\n"
-            + "|" + "---|" * (12 if share else 11))
+            f"memory (MiB) | TFLOP/s |{share} note |\n" + "|" + "---|" * (11 if share else 10))
 
 
 def row(c: Case, peak_tflops: float | None = None) -> str:
@@ -297,19 +246,17 @@ def row(c: Case, peak_tflops: float | None = None) -> str:
         f" {fmt(c.tflops and 100 * c.tflops / peak_tflops, '.1f')} |"
     return (f"| {c.kernel} | {c.layout} | {c.pass_} | {c.seq_len} | {c.status} | "
             f"{fmt(c.time_ms, '.2f')} | {fmt(c.compile_s, '.2f')} | {fmt(c.memory_mib, '.1f')} | "
-            f"{fmt(c.peak_mib, '.1f')} | {fmt(c.tflops, '.3f')} |{share} {c.note} |")
+            f"{fmt(c.tflops, '.3f')} |{share} {c.note} |")
 
 
-def memory_ratios(cases, baseline="reference", kernel="blockwise", lengths=(4096, 8192, 16384),
-                  metric="memory_mib"):
-    """fwd+bwd memory of `baseline` over `kernel` at the given lengths (MHA): planned
-    (memory_mib) or measured (peak_mib, only where both ran)."""
+def memory_ratios(cases, baseline="reference", kernel="blockwise", lengths=(4096, 8192, 16384)):
+    """Planned fwd+bwd memory of `baseline` over `kernel` at the given lengths (MHA)."""
     out = {}
     by = {(c.kernel, c.seq_len): c for c in cases if c.layout == "mha" and c.pass_ == "fwd+bwd"}
     for n in lengths:
         a, b = by.get((baseline, n)), by.get((kernel, n))
-        if a and b and getattr(a, metric) and getattr(b, metric):
-            out[n] = getattr(a, metric) / getattr(b, metric)
+        if a and b and a.memory_mib and b.memory_mib:
+            out[n] = a.memory_mib / b.memory_mib
     return out
 
 
@@ -354,18 +301,14 @@ def write_report(cases, outdir, *, title="Attention kernels", command="", heads=
     lines = [f"# {title}", "", f"Device: {device.platform} ({device.device_kind}), "
              f"{jax.device_count()} device(s); batch 1, {heads} query heads of {head_dim}, "
              f"{jnp.dtype(dtype).name}, causal.",
-             "Memory: planned is XLA's plan for the compiled program (arguments + outputs + "
-             "temporaries); peak is measured, the arguments plus how far the process's resident "
-             "memory rose during one call (Linux's VmHWM). Below about 100 MiB the measured "
-             "figure is mostly the allocator's doing (pages it reuses or keeps), so compare "
-             "plans there.", ""]
+             "Memory is XLA's plan for the compiled program (arguments + outputs + temporaries).",
+             ""]
     if command:
         lines += ["Command:", "", f"    {command}", ""]
-    for metric, what in (("memory_mib", "Planned"), ("peak_mib", "Measured peak")):
-        ratios = memory_ratios(cases, metric=metric)
-        if ratios:
-            lines += [f"{what} fwd+bwd memory, reference / blockwise (MHA): " + ", ".join(
-                f"{n // 1024}k: {r:.1f}x" for n, r in ratios.items()), ""]
+    ratios = memory_ratios(cases)
+    if ratios:
+        lines += ["Planned fwd+bwd memory, reference / blockwise (MHA): " + ", ".join(
+            f"{n // 1024}k: {r:.1f}x" for n, r in ratios.items()), ""]
     speed = speed_ratios(cases)
     if speed:
         fmt = lambda r: "-" if r is None else f"{r[0]:.2f} ({r[1]:.2f}-{r[2]:.2f})"  # noqa: E731
