@@ -185,8 +185,9 @@ def _xla_cpu(q, k, v, dense, bias):
     Why, measured on XLA:CPU (docs/bench_attention):
     - jax.nn.dot_product_attention's and the reference's [batch, seq, heads, d] einsums make
       XLA compute the weighted sum transposed, (P V)^T = V^T P^T, which copies the [T, T]
-      weights into P^T first, and, in the backward, keep the weights twice; with the heads
-      first the weights feed their products as they lie.
+      weights into P^T first; with the heads first the weights feed their products as they
+      lie. Forward 1.3-1.5x the reference, forward+backward 1.1-2.3x (256 to 8k tokens), with
+      a third to a half less memory planned.
     - rowsum(dO * O) equals the softmax backward's rowsum(P * dP) (O = P V) but costs O(T d),
       not a pass over the [T, T] matrices; the scale moves onto the [T, d] products and the
       mask onto dP, where XLA fuses it with the product.
