@@ -190,7 +190,7 @@ def _xla_cpu(q, k, v, dense, bias):
       a third to a half less memory planned.
     - rowsum(dO * O) equals the softmax backward's rowsum(P * dP) (O = P V) but costs O(T d),
       not a pass over the [T, T] matrices; the scale moves onto the [T, d] products and the
-      mask onto dP, where XLA fuses it with the product.
+      mask joins the one pass that forms dS.
     - Repeating the K/V heads costs O(T d); jax's grouped path (a vmap over the query heads
       that share a K/V head) held 2x the temporaries for the same time.
     Other backends, and a decode step (one query, read from the cache in place), keep
