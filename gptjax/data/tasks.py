@@ -102,13 +102,19 @@ TASKS: dict[str, Callable[[Mapping[str, Any], str], list[Segment]]] = {
     "completion": completion, "qa": qa, "translation": translation, "dialogue": dialogue}
 
 
-def render(task: str, example: Mapping[str, Any], where: str = "example") -> list[Segment]:
-    """The segments of one example of format `task`."""
+def task_format(task: str) -> Callable[[Mapping[str, Any], str], list[Segment]]:
+    """The renderer of format `task`, or a ConfigError naming the formats."""
     if task not in TASKS:
         raise ConfigError(f"data.task={task!r} is unknown; allowed: {list(TASKS)}")
+    return TASKS[task]
+
+
+def render(task: str, example: Mapping[str, Any], where: str = "example") -> list[Segment]:
+    """The segments of one example of format `task`."""
+    fmt = task_format(task)
     if not isinstance(example, Mapping):
         raise ConfigError(f"{where}: expected a JSON object, got {type(example).__name__}")
-    return TASKS[task](example, where)
+    return fmt(example, where)
 
 
 def read_examples(paths: Sequence[str], task: str) -> list[list[Segment]]:
@@ -217,8 +223,7 @@ def build_task_data(config: Config, tokenizer, *, process_index: int = 0,
     from gptjax.data.tokens import make_tokenizer
 
     data = config.data
-    if data.task not in TASKS:
-        raise ConfigError(f"data.task={data.task!r} is unknown; allowed: {list(TASKS)}")
+    task_format(data.task)  # an unknown format fails before any file is read
     if not data.text_file:
         raise ConfigError("data.dataset='task' needs data.text_file: the JSON-lines file(s) of "
                           f"the examples (--config.data.text_file=PATH; formats: {list(TASKS)})")
