@@ -194,7 +194,9 @@ def _xla_cpu(q, k, v, dense, bias):
     - Repeating the K/V heads costs O(T d); jax's grouped path (a vmap over the query heads
       that share a K/V head) held 2x the temporaries for the same time.
     Other backends, and a decode step (one query, read from the cache in place), keep
-    jax.nn.dot_product_attention."""
+    jax.nn.dot_product_attention. Known cost: folding a head-sharded axis into the batch axis
+    doubles a TP step's time and XLA temporaries on CPU meshes (docs/bench_scaling.md); a
+    [batch, heads, T, d] layout avoids that but measured as slow as the reference at 1k."""
     return _xla_cpu_fwd(q, k, v, dense, bias)[0]
 
 
