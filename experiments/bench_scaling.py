@@ -15,7 +15,7 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from gptjax.config import Config
-from gptjax.parallel import scaling
+from gptjax.bench import scaling
 
 
 def default_config() -> ConfigDict:

@@ -22,8 +22,17 @@ import pathlib
 import shlex
 from typing import Any, Callable
 
+import jax
 import ml_collections
 import numpy as np
+
+from gptjax.config import Config
+from gptjax.data import build_data
+from gptjax.model import apply, positions, split
+from gptjax.tokenizers import Tokenizer
+from gptjax.training import train
+from gptjax.training.checkpoint import load_model
+from gptjax.training.steps import cross_entropy
 
 
 def load_config_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
@@ -102,10 +111,7 @@ def _slug(name: str) -> str:
 def run_sweep(sweep: ml_collections.ConfigDict, outdir, *, train_fn: Callable | None = None,
               log: Callable[[str], None] = print) -> pathlib.Path:
     """Train every (variant, seed) not yet finished, then write outdir/report.md."""
-    from gptjax.config import Config
-
-    if train_fn is None:
-        from gptjax.training import train as train_fn
+    train_fn = train_fn or train
     base = load_config_file(sweep.base)
     runs = expand(sweep, outdir)
     configs = [apply_overrides(base, run.overrides) for run in runs]
@@ -134,21 +140,14 @@ def evaluate_at_length(workdir, config, multiple: int) -> float | None:
 
     None when the model cannot position that many tokens (learned positions stop at max_len).
     """
-    import jax
-
-    from gptjax import GPT
-    from gptjax.config import Config
-    from gptjax.data import build_data
-    from gptjax.model import apply, split
-    from gptjax.training.steps import cross_entropy
-
     seq_len = config.data.seq_len * multiple
-    if config.model.position == "learned" and seq_len > config.model.max_len:
+    limit = positions.get(config.model.position).max_positions(Config.from_dict(config).model)
+    if limit is not None and seq_len > limit:
         return None
     long = apply_overrides(config, {
         "data.seq_len": seq_len, "model.max_len": max(config.model.max_len, seq_len),
         "data.batch_size": max(1, config.data.batch_size // multiple)})
-    model = GPT.from_pretrained(workdir)
+    model = load_model(workdir)
     graphdef, params = split(model)
     cfg = Config.from_dict(long)
     data = build_data(cfg, tokenizer=_saved_tokenizer(workdir), process_index=0,
@@ -162,8 +161,6 @@ def _saved_tokenizer(workdir):
     folder = pathlib.Path(workdir) / "tokenizer"
     if not folder.is_dir():
         return None
-    from gptjax.tokenizers import Tokenizer
-
     return Tokenizer.from_pretrained(folder)
 
 

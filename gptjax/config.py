@@ -1,8 +1,13 @@
 """Typed, validated views of an experiment config.
 
 An ml_collections ConfigDict (configs/*.py) is turned into frozen dataclasses once, at the edge;
-every bad value fails here, before anything compiles, with a message that names the field and
-what is allowed.
+every bad value or shape fails here, before anything compiles, with a message that names the
+field and what is allowed. Names chosen from a registry (model.attention, model.position,
+optim.schedule, data.dataset) are checked by their registries, which know what they hold:
+gptjax.model.check_config, gptjax.training.optim.check, gptjax.data.build_data; a run calls
+them all before it reads data or compiles.
+
+This module imports nothing of gptjax: every layer may read it.
 """
 
 from __future__ import annotations
@@ -10,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-ATTENTION_KERNELS = ("reference", "xla", "cudnn")  # extended by gptjax.model.kernels' registry
-POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -36,7 +39,7 @@ class ModelConfig:
     d_ff: int | None = None  # None: 4 * d_model
     dropout: float = 0.0  # embeddings, attention weights and residual branches
     attention: str = "xla"  # a name in gptjax.model.kernels.KERNELS
-    position: str = "learned"  # learned | sinusoidal | rope | alibi | none
+    position: str = "learned"  # a name in gptjax.model.positions.POSITIONS
     window: int | None = None  # sliding-window attention: attend to the last `window` tokens
     tie_embeddings: bool = True  # LM head shares the token embedding (GPT-2)
     dtype: str = "float32"  # compute dtype
@@ -74,24 +77,6 @@ class ModelConfig:
                   "(num_kv_heads=1 is MQA, =num_heads is MHA)")
         if not 0.0 <= self.dropout < 1.0:
             _fail("model.dropout", self.dropout, "must be in [0, 1)")
-        from gptjax.model.kernels import KERNELS  # late: the registry may grow
-
-        if self.attention not in KERNELS:
-            _fail("model.attention", self.attention, f"choose one of {sorted(KERNELS)}")
-        if self.attention == "pallas":  # the Pallas flash ops: causal or padding masks only
-            for field, value, unsupported, fix in (
-                    ("window", self.window, self.window is not None, "model.window=None"),
-                    ("position", self.position, self.position == "alibi", "model.position='rope'")):
-                if unsupported:
-                    _fail(f"model.{field}", value, f"model.attention='pallas' cannot apply it; "
-                          f"set {fix} or use model.attention='blockwise' or 'xla'")
-        if self.position not in POSITIONS:
-            _fail("model.position", self.position, f"choose one of {list(POSITIONS)}")
-        if self.position == "rope" and self.head_dim % 2:
-            _fail("model.d_model", self.d_model,
-                  f"RoPE needs an even head_dim; d_model/num_heads={self.head_dim}")
-        if self.position == "sinusoidal" and self.d_model % 2:
-            _fail("model.d_model", self.d_model, "sinusoidal positions need an even d_model")
         if self.window is not None:
             if not isinstance(self.window, int) or self.window <= 0:
                 _fail("model.window", self.window, "must be a positive integer or None")
@@ -103,14 +88,10 @@ class ModelConfig:
                 _fail(f"model.{name}", getattr(self, name), f"choose one of {list(DTYPES)}")
         if self.layer_norm_epsilon <= 0:
             _fail("model.layer_norm_epsilon", self.layer_norm_epsilon, "must be positive")
-        _check_attention_options(self)
-
-    def check_length(self, seq_len: int, what: str = "sequence length") -> None:
-        """Raise if `seq_len` tokens cannot be positioned by this model."""
-        if seq_len > self.max_len and self.position == "learned":
-            raise ConfigError(
-                f"{what} {seq_len} exceeds model.max_len={self.max_len}, the number of learned "
-                "positions; shorten the input or raise model.max_len")
+        if isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float)) \
+                or self.rope_theta <= 0:  # 0 or less makes RoPE's frequencies inf/NaN
+            _fail("model.rope_theta", self.rope_theta,
+                  "must be a positive number (RoPE's base wavelength; 10000 in Su et al. 2021)")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
@@ -118,45 +99,6 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-# Attention options that do not fit together: each one below fails deep in tracing, or silently
-# does something else, when it is not caught here. Backend availability is a property of the
-# machine, not of the config: gptjax.model.kernels.check_available, at the start of a run.
-CUDNN_MAX_HEAD_DIM = 256  # jax's cuDNN flash attention: <= 256 on Hopper and later, 128 before
-
-
-def _check_attention_options(m: ModelConfig) -> None:
-    """Kernel x dtype x dropout x head shape x positions combinations that cannot work."""
-    from gptjax.model.kernels import REQUIREMENTS, Requirements
-
-    if isinstance(m.rope_theta, bool) or not isinstance(m.rope_theta, (int, float)) \
-            or m.rope_theta <= 0:  # 0 or less makes RoPE's frequencies inf/NaN
-        _fail("model.rope_theta", m.rope_theta,
-              "must be a positive number (RoPE's base wavelength; 10000 in Su et al. 2021)")
-    needs = REQUIREMENTS.get(m.attention, Requirements())
-    if not needs.dropout and m.dropout > 0:
-        _fail("model.dropout", m.dropout, f"model.attention={m.attention!r} has no "
-              "attention-weight dropout; set model.dropout=0, or choose model.attention="
-              "'reference' (or 'xla', which falls back to it) to train with dropout")
-    dtypes = needs.dtypes
-    if dtypes is not None and m.dtype not in dtypes:
-        _fail("model.dtype", m.dtype, f"model.attention={m.attention!r} computes in "
-              f"{list(dtypes)} only; set model.dtype={dtypes[0]!r} or choose model.attention='xla'")
-    if m.attention == "cudnn":
-        if m.head_dim % 8 or m.head_dim > CUDNN_MAX_HEAD_DIM:
-            _fail("model.num_heads", m.num_heads,
-                  f"model.attention='cudnn' needs head_dim = d_model/num_heads a multiple of 8 "
-                  f"and at most {CUDNN_MAX_HEAD_DIM} (128 before Hopper GPUs), but "
-                  f"{m.d_model}/{m.num_heads}={m.head_dim}; change model.num_heads or "
-                  "model.d_model, or choose model.attention='xla'")
-
-
-def _check_attention_lengths(m: ModelConfig, seq_len: int) -> None:
-    """Training lengths a kernel cannot take."""
-    if m.attention == "cudnn" and seq_len % 2:  # cuDNN's fused backward with a mask bias
-        _fail("data.seq_len", seq_len, "model.attention='cudnn' trains on even sequence "
-              "lengths only; use an even data.seq_len or choose model.attention='xla'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,9 +130,6 @@ class DataConfig:
         self.validate()
 
 
-SCHEDULES = ("cosine", "linear", "constant", "wsd")
-
-
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """AdamW with warmup + schedule, global-norm clipping and gradient accumulation."""
@@ -198,7 +137,8 @@ class OptimConfig:
     lr: float = 6e-4
     min_lr: float = 6e-5
     warmup_steps: int = 100
-    schedule: str = "cosine"  # cosine | linear | constant | wsd (warmup-stable-decay)
+    schedule: str = "cosine"  # a name in gptjax.training.optim.SCHEDULES: cosine | linear |
+    # constant | wsd (warmup-stable-decay)
     decay_steps: int | None = None  # None: train.num_steps
     b1: float = 0.9
     b2: float = 0.95
@@ -215,10 +155,6 @@ class OptimConfig:
             _fail("optim.lr", self.lr, "must be positive")
         if self.min_lr < 0 or self.min_lr > self.lr:
             _fail("optim.min_lr", self.min_lr, f"must be in [0, optim.lr={self.lr}]")
-        from gptjax.training.optim import SCHEDULES as registry  # late: the registry may grow
-
-        if self.schedule not in registry:
-            _fail("optim.schedule", self.schedule, f"choose one of {sorted(registry)}")
         if not 0.0 < self.wsd_decay_fraction <= 1.0:
             _fail("optim.wsd_decay_fraction", self.wsd_decay_fraction, "must be in (0, 1]")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
@@ -315,12 +251,6 @@ class Config:
     optim: OptimConfig
     train: TrainConfig
     mesh: MeshConfig
-
-    def __post_init__(self):
-        if self.data.seq_len > self.model.max_len and self.model.position == "learned":
-            _fail("data.seq_len", self.data.seq_len,
-                  f"must not exceed model.max_len={self.model.max_len} with learned positions")
-        _check_attention_lengths(self.model, self.data.seq_len)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Config":

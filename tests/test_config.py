@@ -1,4 +1,9 @@
-"""Every bad config value fails before any compile, naming the field and what is allowed."""
+"""Every bad config value fails before any compile, naming the field and what is allowed.
+
+Values and shapes fail when the Config is built; names chosen from a registry (kernel, position,
+schedule) fail in the registry's check, which a run calls before it reads data or compiles
+(gptjax.training.loop.check_config).
+"""
 
 import importlib.util
 import pathlib
@@ -7,34 +12,46 @@ import ml_collections
 import pytest
 
 from gptjax.config import Config, ConfigError, ModelConfig
+from gptjax.model import check_config as check_model
+from gptjax.training.loop import check_config
 
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(d_model=100, num_heads=12), r"model.d_model=100 .*divisible by model.num_heads=12"),
     (dict(num_heads=12, num_kv_heads=5), r"model.num_heads=12 .*num_kv_heads=5"),
-    (dict(attention="flash9"), r"model.attention='flash9' .*choose one of .*reference"),
-    (dict(position="spiral"), r"model.position='spiral' .*learned.*rope.*alibi"),
     (dict(num_layers=0), r"model.num_layers=0 .*positive integer"),
     (dict(vocab_size=-3), r"model.vocab_size=-3 .*positive integer"),
     (dict(d_ff=0), r"model.d_ff=0"),
     (dict(dropout=1.5), r"model.dropout=1.5"),
     (dict(window=4096), r"model.window=4096 .*max_len=1024"),
     (dict(dtype="float8"), r"model.dtype='float8'"),
-    (dict(position="rope", d_model=66, num_heads=6), r"RoPE needs an even head_dim"),
 ])
 def test_bad_model_values(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         ModelConfig(**kwargs)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(attention="flash9"), r"model.attention='flash9' .*choose one of .*reference"),
+    (dict(position="spiral"), r"model.position='spiral' .*learned.*rope.*alibi"),
+    (dict(position="rope", d_model=66, num_heads=6), r"RoPE needs an even head_dim"),
+    (dict(position="sinusoidal", d_model=63, num_heads=3), r"sinusoidal positions need an even"),
+])
+def test_bad_registry_names_and_their_shapes(kwargs, match):
+    cfg = ModelConfig(**kwargs)  # a name is the registry's to judge
+    with pytest.raises(ConfigError, match=match):
+        check_model(cfg)
+
+
 def test_sequence_longer_than_learned_positions():
     cfg = ModelConfig(max_len=64, num_layers=1, d_model=32, num_heads=4)
-    cfg.check_length(64)
-    with pytest.raises(ConfigError, match="70 exceeds model.max_len=64"):
-        cfg.check_length(70)
-    ModelConfig(max_len=64, num_layers=1, d_model=32, num_heads=4, position="rope").check_length(70)
-    with pytest.raises(ConfigError, match="data.seq_len=128 .*max_len=64"):
-        Config.from_dict({"model": {"max_len": 64}, "data": {"seq_len": 128}})
+    check_model(cfg, 64)
+    with pytest.raises(ConfigError, match="data.seq_len 70 exceeds model.max_len=64"):
+        check_model(cfg, 70)
+    check_model(ModelConfig(max_len=64, num_layers=1, d_model=32, num_heads=4, position="rope"),
+                70)
+    with pytest.raises(ConfigError, match="data.seq_len 128 exceeds model.max_len=64"):
+        check_config(Config.from_dict({"model": {"max_len": 64}, "data": {"seq_len": 128}}))
 
 
 def test_from_config_dict_and_unknown_fields():
@@ -50,7 +67,6 @@ def test_from_config_dict_and_unknown_fields():
 
 
 @pytest.mark.parametrize("section, field, value, match", [
-    ("optim", "schedule", "exp", "optim.schedule='exp'"),
     ("optim", "min_lr", 1.0, "optim.min_lr=1.0"),
     ("optim", "grad_accum", 0, "optim.grad_accum=0"),
     ("data", "batch_size", 0, "data.batch_size=0"),
@@ -62,12 +78,19 @@ def test_bad_other_sections(section, field, value, match):
         Config.from_dict({section: {field: value}})
 
 
+def test_unknown_schedule_is_the_registry_s_to_refuse():
+    cfg = Config.from_dict({"optim": {"schedule": "exp"}})
+    with pytest.raises(ConfigError, match="optim.schedule='exp' .*cosine"):
+        check_config(cfg)
+
+
 def test_mesh_allows_one_fill_axis():
     with pytest.raises(ConfigError, match="at most one axis may be -1"):
         Config.from_dict({"mesh": {"data": -1, "fsdp": -1}})
 
 
-# Attention options that do not fit together fail in the config, before any data or compile.
+# Attention options that do not fit together fail in the kernel's check, before any data or
+# compile.
 @pytest.mark.parametrize("kwargs, match", [
     (dict(attention="cudnn"), r"model.dtype='float32' .*'cudnn' computes in \['bfloat16', "
      r"'float16'\] only; set model.dtype='bfloat16'"),
@@ -77,10 +100,17 @@ def test_mesh_allows_one_fill_axis():
      r"model.num_heads=2 .*at most 256 .*1024/2=512"),
     (dict(attention="cudnn", dtype="float16", dropout=0.1),
      r"model.dropout=0.1 .*'cudnn' has no attention-weight dropout.*model.dropout=0"),
+])
+def test_attention_options_that_do_not_fit(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        check_model(ModelConfig(**kwargs))
+
+
+@pytest.mark.parametrize("kwargs, match", [
     (dict(position="rope", rope_theta=0.0), r"model.rope_theta=0.0 .*must be a positive number"),
     (dict(rope_theta=-10000), r"model.rope_theta=-10000 .*positive"),
 ])
-def test_attention_options_that_do_not_fit(kwargs, match):
+def test_bad_rope_theta(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         ModelConfig(**kwargs)
 
@@ -88,9 +118,9 @@ def test_attention_options_that_do_not_fit(kwargs, match):
 def test_cudnn_config_is_valid_off_gpu_and_needs_even_training_lengths():
     # The config is the machine's business only at run start (kernels.check_available).
     cudnn = {"attention": "cudnn", "dtype": "bfloat16"}
-    Config.from_dict({"model": cudnn, "data": {"seq_len": 256}})
+    check_config(Config.from_dict({"model": cudnn, "data": {"seq_len": 256}}))
     with pytest.raises(ConfigError, match=r"data.seq_len=255 .*'cudnn' trains on even sequence"):
-        Config.from_dict({"model": cudnn, "data": {"seq_len": 255}})
+        check_config(Config.from_dict({"model": cudnn, "data": {"seq_len": 255}}))
 
 
 def _config_files():
@@ -106,4 +136,4 @@ def test_every_config_file_is_a_valid_config(path):
     spec.loader.exec_module(module)
     for arg in getattr(module, "TASKS", [None]):
         config = module.get_config() if arg is None else module.get_config(arg)
-        Config.from_dict(config)
+        check_config(Config.from_dict(config))

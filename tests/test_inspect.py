@@ -7,7 +7,9 @@ import pytest
 from flax import nnx
 
 from gptjax import GPT, ModelConfig
+from gptjax.model import positions
 from gptjax.model.inspect import attention_weights
+from gptjax.model.masks import causal
 from gptjax.plots import attention_heatmaps
 
 
@@ -17,8 +19,9 @@ def _model(**kw):
     return GPT(ModelConfig(**cfg), rngs=nnx.Rngs(0))
 
 
-@pytest.mark.parametrize("kw", [{}, {"position": "alibi"}, {"position": "rope", "num_kv_heads": 2},
-                                {"window": 3, "position": "none"}])
+@pytest.mark.parametrize("kw", [{}, {"position": "sinusoidal"}, {"position": "alibi"},
+                                {"position": "rope", "num_kv_heads": 2},
+                                {"window": 3, "position": "none"}, {"attention": "blockwise"}])
 def test_weights_are_causal_distributions_that_reproduce_the_layer(kw):
     model = _model(**kw)
     tokens = jax.random.randint(jax.random.key(0), (1, 9), 0, 60)
@@ -31,19 +34,29 @@ def test_weights_are_causal_distributions_that_reproduce_the_layer(kw):
     # weights @ V, heads concatenated and projected, is exactly the first layer's attention output
     block = model.blocks[0]
     pos = jnp.arange(9)[None]
-    x = model.wte(tokens)
-    if model.cfg.position == "learned":
-        x = x + model.wpe(pos)
+    position = positions.get(model.cfg.position)
+    x = position.embed(model, model.wte(tokens), pos)
     _, _, v = block.attn.project(block.ln_1(x), pos)
     v = jnp.repeat(v, 4 // model.cfg.num_kv_heads, axis=2)
     context = jnp.einsum("bhqk,bkhd->bqhd", w[0], v).reshape(1, 9, 32)
-    from gptjax.model.masks import causal
-    from gptjax.model.positions import alibi_slopes
-
-    slopes = jnp.asarray(alibi_slopes(4)) if model.cfg.position == "alibi" else None
     expected, _ = block.attn(block.ln_1(x), positions_=pos,
-                             mask=causal(9, window=model.cfg.window, alibi_slopes=slopes))
+                             mask=causal(9, window=model.cfg.window,
+                                         alibi_slopes=position.slopes(model.cfg)))
     np.testing.assert_allclose(block.attn.out(context), expected, atol=1e-5)
+
+
+def test_weights_come_from_the_forward_pass_that_ran():
+    """Sinusoidal positions are scaled in the forward; weights must carry that (a second copy of
+    the forward once added them unscaled). Perturbing the model changes the maps; they are
+    popped after each call, so the model is left as it was."""
+    model = _model(position="sinusoidal")
+    tokens = jnp.arange(9)[None] % 60
+    w = attention_weights(model, tokens)
+    assert model.blocks[0].attn.sow_weights is False
+    assert not nnx.state(model, nnx.Intermediate)  # nothing left behind
+    scaled = model.wte.embedding[...]
+    model.wte.embedding[...] = scaled * 3.0
+    assert not np.allclose(attention_weights(model, tokens), w, atol=1e-4)
 
 
 def test_heatmaps_one_png_per_layer(tmp_path):

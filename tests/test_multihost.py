@@ -36,7 +36,7 @@ def worker(process_id: int, num_processes: int, port: int, out: str) -> None:
     import jax
 
     from gptjax import parallel
-    from gptjax.parallel import scaling
+    from gptjax.bench import scaling
 
     try:
         parallel.initialize_distributed(f"127.0.0.1:{port}", num_processes, process_id)
@@ -75,7 +75,8 @@ def test_two_processes_match_one_device(tmp_path):
     import jax
     import orbax.checkpoint as ocp
 
-    from gptjax.parallel import make_plan, scaling
+    from gptjax.bench import scaling
+    from gptjax.parallel import make_plan
 
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1",  # compile faster

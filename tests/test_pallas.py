@@ -9,7 +9,9 @@ import pytest
 
 from gptjax.bench import attention as bench
 from gptjax.config import ConfigError, ModelConfig
-from gptjax.model import kernels, pallas
+from gptjax.model import check_config
+from gptjax.model import kernels
+from gptjax.model.kernels import pallas
 from gptjax.model.masks import Mask, causal
 from gptjax.model.positions import alibi_slopes
 
@@ -105,5 +107,5 @@ def test_pallas_off_accelerator_names_the_fix(monkeypatch):
 ])
 def test_config_rejects_what_pallas_cannot_do(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        ModelConfig(attention="pallas", **kwargs)
-    ModelConfig(attention="pallas", num_kv_heads=4)  # causal GQA is fine
+        check_config(ModelConfig(attention="pallas", **kwargs))
+    check_config(ModelConfig(attention="pallas", num_kv_heads=4))  # causal GQA is fine

@@ -9,9 +9,10 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from gptjax.bench import scaling
 from gptjax.config import Config, ConfigError
 from gptjax.parallel import (MeshError, ShardingError, device_bytes, logical_to_mesh, make_mesh,
-                             make_plan, mesh_shape, scaling)
+                             make_plan, mesh_shape)
 
 pytestmark = pytest.mark.skipif(jax.device_count() != 8,
                                 reason="needs the 8 fake CPU devices of conftest.py")

@@ -24,6 +24,7 @@ from gptjax.generation.config import (GenerationConfig, GenerationError, bucket,
 from gptjax.generation.decoding import (TRACES, Spec, _STREAM_SINK, decode_step, prefill,
                                         sample_loop)
 from gptjax.generation.streamers import TextStreamer
+from gptjax.model.gpt import provide
 
 __all__ = ["generate", "GenerationConfig", "GenerationError", "TextStreamer", "prefill",
            "decode_step", "load_generation_defaults", "TRACES"]
@@ -134,3 +135,6 @@ def generate(model, input_ids, *, attention_mask=None, streamer=None, **kwargs) 
         return np.ascontiguousarray(sequences[:, :r, start:start + total].reshape(batch * r, total))
     tokens, end = out
     return np.ascontiguousarray(tokens[:, start:int(end)])
+
+
+provide("generate", generate)  # GPT.generate

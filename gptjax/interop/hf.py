@@ -20,7 +20,9 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from gptjax.config import ModelConfig
-from gptjax.model.gpt import GPT
+from gptjax.generation import GenerationConfig, load_generation_defaults
+from gptjax.interop.formats import FORMATS
+from gptjax.model.gpt import GPT, provide
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -313,18 +315,16 @@ def load_gpt(path, *, dtype: str | None = None, param_dtype: str | None = None,
     dtype/param_dtype/attention/remat/dropout override the model config (weights are stored in
     float32 and cast to param_dtype, float32 by default).
     """
-    from gptjax import interop
-
     overrides = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype, attention=attention,
                                        remat=remat, dropout=dropout).items() if v is not None}
     folder = resolve_folder(path)
-    for detect, load in interop.FORMATS.values():
+    for detect, load in FORMATS.values():
         if detect(folder):
             return load(folder, **overrides)
     if is_hf_folder(folder):
         return load_hf(folder, **overrides)
     found = sorted(p.name for p in folder.iterdir())[:10]
-    formats = ["huggingface"] + list(interop.FORMATS)
+    formats = ["huggingface"] + list(FORMATS)
     raise FileNotFoundError(f"{folder} is not a model folder of a known format ({formats}): "
                             f"expected {CONFIG} + {WEIGHTS} (Hugging Face GPT-2) or a gptjax "
                             f"checkpoint; it holds {found or 'nothing'}")
@@ -343,3 +343,16 @@ def save_gpt(model: GPT, path, **extra_config) -> None:
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
     (folder / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
+
+def from_pretrained(path, **overrides) -> GPT:
+    """GPT.from_pretrained: load_gpt, with the folder's generation defaults (generation_config.json:
+    eos/pad ids...) as `model.generation_config`, which `generate` reads as transformers does."""
+    folder = resolve_folder(path)  # a hub id's snapshot is a folder too
+    model = load_gpt(folder, **overrides)
+    if isinstance(model, GPT):
+        model.generation_config = GenerationConfig.build(load_generation_defaults(folder), {})
+    return model
+
+
+provide("from_pretrained", from_pretrained)
+provide("save_pretrained", lambda model, path: save_gpt(model, path))

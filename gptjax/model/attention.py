@@ -9,24 +9,13 @@ from __future__ import annotations
 import math
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from gptjax.config import ModelConfig
 from gptjax.model import kernels, positions
+from gptjax.model.kernels.reference import attention_weights, repeat_kv
+from gptjax.model.layers import dense
 from gptjax.parallel.rules import with_logical_constraint as constrain  # no-op off a mesh
-
-normal = nnx.initializers.normal
-
-
-def dense(cfg: ModelConfig, d_in: int, d_out: int, axes, *, std: float, rngs: nnx.Rngs,
-          use_bias: bool = True) -> nnx.Linear:
-    """A Linear with GPT-2 init (normal(std), zero bias) and logical axis names for sharding."""
-    return nnx.Linear(
-        d_in, d_out, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
-        param_dtype=jnp.dtype(cfg.param_dtype),
-        kernel_init=nnx.with_partitioning(normal(std), axes),
-        bias_metadata={"out_sharding": (axes[1],)}, rngs=rngs)
 
 
 class CausalSelfAttention(nnx.Module):
@@ -41,6 +30,9 @@ class CausalSelfAttention(nnx.Module):
         self.out = dense(cfg, cfg.num_heads * hd, d, ("heads", "embed"), std=residual_std,
                          rngs=rngs)
         self.resid_dropout = nnx.Dropout(cfg.dropout)
+        # True: each call also sows its attention weights (nnx.Intermediate 'attention_weights',
+        # [batch, heads, q, k]); gptjax.model.inspect turns it on.
+        self.sow_weights = False
 
     def project(self, x, positions_):
         """1. Queries, keys and values, split into heads: [batch, seq, (kv_)heads, head_dim]."""
@@ -52,9 +44,7 @@ class CausalSelfAttention(nnx.Module):
         q = constrain(q, ("batch", "seq", "heads", "head_dim"))
         k = constrain(k, ("batch", "seq", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "seq", "kv_heads", "head_dim"))
-        if cfg.position == "rope":
-            q = positions.rope(q, positions_, cfg.rope_theta)
-            k = positions.rope(k, positions_, cfg.rope_theta)
+        q, k = positions.get(cfg.position).rotate(cfg, q, k, positions_)
         return q, k, v
 
     def __call__(self, x, *, positions_, mask, cache=None, cache_index=None,
@@ -74,6 +64,9 @@ class CausalSelfAttention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
             cache = {"k": k, "v": v}
             k, v = k.astype(q.dtype), v.astype(q.dtype)
+        if self.sow_weights:  # the weights of this very q, k and mask, as the reference forms them
+            self.sow(nnx.Intermediate, "attention_weights",
+                     attention_weights(q, repeat_kv(q, k, v)[0], mask.dense(), mask.bias()))
         training = not deterministic and cfg.dropout > 0.0
         dropout_rng = rngs.dropout() if training and rngs is not None else None
         # 2-4. scaled dot-product attention in every head at once
@@ -83,4 +76,3 @@ class CausalSelfAttention(nnx.Module):
         # concatenate the heads and project back to d_model
         y = self.out(y.reshape(b, t, cfg.num_heads * cfg.head_dim))
         return self.resid_dropout(y, deterministic=deterministic, rngs=rngs), cache
-

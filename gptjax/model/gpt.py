@@ -6,26 +6,27 @@ GPT-2's architecture (Radford et al. 2019). Read top to bottom: MLP, Block, GPT.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from gptjax.config import ModelConfig
-from gptjax.model import ops, positions
-from gptjax.model.attention import CausalSelfAttention, dense
+from gptjax.model import cpu, kernels, positions
+from gptjax.model.attention import CausalSelfAttention
+from gptjax.model.layers import dense, embedding, layer_norm, lookup
 from gptjax.model.masks import Mask
 from gptjax.parallel.rules import with_logical_constraint as constrain  # no-op off a mesh
 
-EMBED_STD = 0.02  # GPT-2's initial std of the token (and learned position) embeddings
 
-
-def layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return ops.LayerNorm(cfg.d_model, epsilon=cfg.layer_norm_epsilon,
-                         dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-                         scale_metadata={"out_sharding": ("norm",)},
-                         bias_metadata={"out_sharding": ("norm",)}, rngs=rngs)
+def check_config(cfg: ModelConfig, seq_len: int | None = None) -> None:
+    """Raise ConfigError if the registries cannot build cfg: its position encoding and its
+    attention kernel (with that kernel's limits; seq_len: a training length). Reads nothing."""
+    positions.check(cfg)
+    kernels.check(cfg, seq_len)
+    if seq_len is not None:
+        positions.check_length(cfg, seq_len, "data.seq_len")
 
 
 class MLP(nnx.Module):
@@ -38,7 +39,7 @@ class MLP(nnx.Module):
         self.dropout = nnx.Dropout(cfg.dropout)
 
     def __call__(self, x, *, deterministic=True, rngs=None):
-        h = constrain(ops.gelu_tanh(self.fc(x)), ("batch", "seq", "mlp"))
+        h = constrain(cpu.gelu(self.fc(x)), ("batch", "seq", "mlp"))
         return self.dropout(self.proj(h), deterministic=deterministic, rngs=rngs)
 
 
@@ -61,30 +62,18 @@ class Block(nnx.Module):
         return constrain(x, ("batch", "seq", "embed")), cache
 
 
-def lookup(embed: nnx.Embed, ids, table_axes):
-    """embed(ids), with the table read whole along d_model: FSDP gathers it before the lookup
-    (a no-op off a mesh), so the output splits by batch like every activation, not by feature."""
-    table = constrain(embed.embedding[...], table_axes)
-    return jnp.take(table.astype(embed.dtype or table.dtype), ids, axis=0)
-
-
 class GPT(nnx.Module):
     """A decoder-only Transformer language model. `GPT(ModelConfig(...), rngs=nnx.Rngs(0))`."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        check_config(cfg)
         self.cfg = cfg
         # Parameters carry logical axis names; gptjax.parallel maps them to a mesh later.
         with nnx.use_eager_sharding(False):
-            pdtype, dtype = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.dtype)
-            embed_init = nnx.with_partitioning(nnx.initializers.normal(EMBED_STD),
-                                               ("vocab", "embed"))
-            self.wte = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=pdtype,
-                                 embedding_init=embed_init, rngs=rngs)
-            if cfg.position == "learned":
-                self.wpe = nnx.Embed(
-                    cfg.max_len, cfg.d_model, dtype=dtype, param_dtype=pdtype,
-                    embedding_init=nnx.with_partitioning(nnx.initializers.normal(EMBED_STD),
-                                                         (None, "embed")), rngs=rngs)
+            self.wte = embedding(cfg, cfg.vocab_size, ("vocab", "embed"), rngs)
+            table = positions.get(cfg.position).table(cfg, rngs)
+            if table is not None:  # learned positions: GPT-2's wpe
+                self.wpe = table
             self.embed_dropout = nnx.Dropout(cfg.dropout)
             self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
             self.ln_f = layer_norm(cfg, rngs)
@@ -116,23 +105,14 @@ class GPT(nnx.Module):
         b, t = tokens.shape
         if positions_ is None:
             positions_ = jnp.broadcast_to(jnp.arange(t) + cache_index, (b, t))
-        x = lookup(self.wte, tokens, ("vocab", None))
-        if cfg.position == "learned":
-            x = x + lookup(self.wpe, positions_, (None, None))
-        elif cfg.position == "sinusoidal":
-            # The formula's amplitude is 1 and GPT-2's token embeddings start at std 0.02:
-            # unscaled, the encoding drowns the tokens (nanoGPT's CPU recipe stalled at the
-            # unigram loss, 3.33 after 500 steps). Scaled by the embeddings' init std, the two
-            # start in Vaswani et al.'s proportion (embeddings * sqrt(d_model) at std d^-1/2).
-            x = x + EMBED_STD * positions.sinusoidal(positions_, cfg.d_model, x.dtype)
+        position = positions.get(cfg.position)
+        x = position.embed(self, lookup(self.wte, tokens, ("vocab", None)), positions_)
         x = constrain(self.embed_dropout(x, deterministic=deterministic, rngs=rngs),
                       ("batch", "seq", "embed"))
 
         q_slots = jnp.arange(t) + cache_index
         kv_slots = jnp.arange(t if cache is None else cache[0]["k"].shape[1])
-        slopes = jnp.asarray(positions.alibi_slopes(cfg.num_heads)) \
-            if cfg.position == "alibi" else None
-        mask = Mask(q_slots, kv_slots, kv_valid, slopes, cfg.window)
+        mask = Mask(q_slots, kv_slots, kv_valid, position.slopes(cfg), cfg.window)
 
         new_cache = []
         for i, block in enumerate(self.blocks):
@@ -169,38 +149,49 @@ class GPT(nnx.Module):
     def num_params(self, exclude_embeddings: bool = False) -> int:
         params = nnx.state(self, nnx.Param)
         n = sum(x.size for x in jax.tree.leaves(params))
-        if exclude_embeddings and self.cfg.position == "learned":
+        if exclude_embeddings and hasattr(self, "wpe"):
             n -= self.wpe.embedding.value.size
         return n
 
-    # Hugging Face-style conveniences; the work is done in gptjax.interop and gptjax.generation.
+    # Hugging Face-style conveniences. Their work is done by layers above the model, which
+    # provide it here when imported (`from gptjax import GPT` imports them): gptjax.interop
+    # reads and writes folders, gptjax.generation decodes.
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "GPT":
-        """Load a Hugging Face GPT-2 folder (config.json + model.safetensors) or hub repo id.
-
-        The folder's generation defaults (generation_config.json: eos/pad ids...) become
-        `model.generation_config`, which `generate` reads as transformers does.
-        """
-        from gptjax.generation import GenerationConfig, load_generation_defaults
-        from gptjax.interop import hf
-
-        folder = hf.resolve_folder(path)  # a hub id's snapshot is a folder too
-        model = hf.load_gpt(folder, **kwargs)
-        if isinstance(model, GPT):
-            model.generation_config = GenerationConfig.build(load_generation_defaults(folder), {})
-        return model
+        """Load a Hugging Face GPT-2 folder (config.json + model.safetensors), a hub repo id, or
+        a gptjax run's workdir. The folder's generation defaults (generation_config.json:
+        eos/pad ids...) become `model.generation_config`, which `generate` reads."""
+        return _provided("from_pretrained")(path, **kwargs)
 
     def save_pretrained(self, path) -> None:
         """Write a folder that transformers' GPT2LMHeadModel.from_pretrained loads."""
-        from gptjax.interop import hf
-
-        hf.save_gpt(self, path)
+        _provided("save_pretrained")(self, path)
 
     def generate(self, input_ids, **kwargs):
         """Hugging Face `generate` semantics: greedy, sampling, beam search (gptjax.generation)."""
-        from gptjax import generation
+        return _provided("generate")(self, input_ids, **kwargs)
 
-        return generation.generate(self, input_ids, **kwargs)
+
+# name -> function, filled by the layers above: 'from_pretrained' and 'save_pretrained'
+# (gptjax.interop), 'generate' (gptjax.generation).
+PROVIDERS: dict[str, Callable] = {}
+_PROVIDER_HOMES = {"from_pretrained": "gptjax.interop", "save_pretrained": "gptjax.interop",
+                   "generate": "gptjax.generation"}
+
+
+def provide(name: str, fn: Callable) -> None:
+    """Let GPT.<name> call `fn` (a layer above the model registers its work here)."""
+    if name not in _PROVIDER_HOMES:
+        raise ValueError(f"GPT has no provided method {name!r}; known: {list(_PROVIDER_HOMES)}")
+    PROVIDERS[name] = fn
+
+
+def _provided(name: str) -> Callable:
+    if name not in PROVIDERS:
+        raise RuntimeError(f"GPT.{name} is provided by {_PROVIDER_HOMES[name]}, which is not "
+                           f"imported; use `from gptjax import GPT` (or import "
+                           f"{_PROVIDER_HOMES[name]}) first")
+    return PROVIDERS[name]
 
 
 def _run_block(block, x, positions_, mask, deterministic, rngs):

@@ -26,6 +26,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gptjax.config import ConfigError
+from gptjax.parallel import pmap
 from gptjax.parallel import sharding as sh
 from gptjax.parallel.mesh import describe, make_mesh
 from gptjax.parallel.pmap import AXIS as PMAP_AXIS, pmap_step, split_batch
@@ -137,9 +139,7 @@ class Plan:
 
     def check_batch(self, global_batch_size: int, what: str = "data.batch_size") -> None:
         if self.strategy == "pmap":
-            from gptjax.parallel.pmap import check_batch
-
-            check_batch(global_batch_size, self.mesh.devices.size, what)
+            pmap.check_batch(global_batch_size, self.mesh.devices.size, what)
         else:
             sh.check_batch(global_batch_size, self.mesh, self.rules, what)
 
@@ -157,8 +157,6 @@ def make_plan(config, devices=None, rules: Rules = DEFAULT_RULES, *,
     mesh_cfg = config.mesh
     if mesh_cfg.strategy == "pmap":
         if (mesh_cfg.fsdp, mesh_cfg.tensor) != (1, 1):
-            from gptjax.config import ConfigError
-
             raise ConfigError(
                 f"mesh.strategy='pmap' is data parallel only, but mesh.fsdp={mesh_cfg.fsdp} and "
                 f"mesh.tensor={mesh_cfg.tensor}; use mesh.strategy='jit' for FSDP/tensor "

@@ -11,6 +11,8 @@ unfinished temporary directory (ignored, then cleaned up, by the next start).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import pathlib
 from typing import Any, Mapping
@@ -18,8 +20,12 @@ from typing import Any, Mapping
 import grain
 import jax
 import orbax.checkpoint as ocp
+from flax import nnx
 
 from gptjax.config import Config, ConfigError
+from gptjax.interop import register_format
+from gptjax.training.optim import make_optimizer
+from gptjax.training.state import graphdef_of, init_state
 
 # Model fields a resumed run may change: they alter neither parameter shapes nor their meaning.
 RESUMABLE_MODEL_FIELDS = frozenset({"dropout", "attention", "dtype", "remat"})
@@ -114,16 +120,11 @@ def is_run(folder: str | os.PathLike) -> bool:
 
 def run_config(workdir: str | os.PathLike) -> Config:
     """The resolved config a run saved in its workdir."""
-    import json
-
     return Config.from_dict(json.loads((pathlib.Path(workdir) / "config.json").read_text()))
 
 
 def load_params(workdir: str | os.PathLike, step: int | None = None):
     """(Config, params) of a run's checkpoint at `step` (default: the latest), on one device."""
-    from gptjax.training.optim import make_optimizer
-    from gptjax.training.state import init_state
-
     workdir = pathlib.Path(workdir)
     cfg = run_config(workdir)
     ckpt_dir = workdir / "checkpoints"
@@ -147,12 +148,10 @@ def load_params(workdir: str | os.PathLike, step: int | None = None):
 
 def load_model(workdir: str | os.PathLike, step: int | None = None, **overrides):
     """The GPT of a run's checkpoint; `overrides` replace model config fields (e.g. attention)."""
-    import dataclasses
-
-    from flax import nnx
-
-    from gptjax.training.state import graphdef_of
-
     cfg, params = load_params(workdir, step)
     model_cfg = dataclasses.replace(cfg.model, **overrides)
     return nnx.merge(graphdef_of(model_cfg), params)
+
+
+# A training run's workdir (config.json + orbax checkpoints/) loads its latest checkpoint.
+register_format("gptjax", is_run, load_model)

@@ -26,11 +26,13 @@ from absl import logging
 from tqdm import tqdm
 
 from gptjax.config import Config, ConfigError
+from gptjax.model import check_config as check_model
 from gptjax.model.kernels import check_available
 from gptjax.parallel import make_plan
 from gptjax.training import checkpoint as ckpt_lib
 from gptjax.training import host, pretrained
 from gptjax.training import metrics as metrics_lib
+from gptjax.training import optim
 from gptjax.training.optim import make_optimizer
 from gptjax.training.sample import sample_text
 from gptjax.training.state import graphdef_of, init_state, state_from_params
@@ -79,6 +81,13 @@ class _OrbaxInfoFilter:
             f"{os.sep}orbax{os.sep}" not in record.pathname)
 
 
+def check_config(cfg: Config) -> None:
+    """The registries' checks of a config (kernel and its limits, position encoding, schedule),
+    which read nothing and compile nothing: what Config itself cannot know."""
+    check_model(cfg.model, cfg.data.seq_len)
+    optim.check(cfg.optim)
+
+
 def set_up(cfg: Config, data=None):
     """The start-up every run shares: (cfg with its vocabulary resolved, data). Sets the CPU
     devices before anything starts JAX, checks the kernel runs on this machine, then builds the
@@ -88,7 +97,9 @@ def set_up(cfg: Config, data=None):
     # Before anything starts JAX (build_data asks for the process index).
     host.use_cpu_devices(cfg.mesh.cpu_devices, cfg.data.batch_size // cfg.optim.grad_accum)
     cfg = pretrained.adopt(cfg)  # fine-tuning: the source's architecture and tokenizer
-    # A kernel this machine cannot run (cudnn off a GPU) fails now, before any data is read.
+    # A name no registry holds, or a kernel this machine cannot run (cudnn off a GPU), fails
+    # now, before any data is read.
+    check_config(cfg)
     check_available(cfg.model.attention)
     if data is None:
         data = build_data(cfg, process_index=jax.process_index(),

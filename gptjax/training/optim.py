@@ -12,6 +12,8 @@ from typing import Callable
 import jax
 import optax
 
+from gptjax.config import ConfigError, OptimConfig
+
 # name -> fn(optim: OptimConfig, total_steps: int) -> optax.Schedule. Add a variant: one function,
 # one @register_schedule line; config validation and the tools pick it up.
 SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {}
@@ -70,8 +72,16 @@ def warmup_stable_decay(optim, total_steps: int) -> optax.Schedule:
         [optim.warmup_steps, stable_end])
 
 
+def check(optim: OptimConfig) -> None:
+    """Raise ConfigError if optim.schedule names no registered schedule."""
+    if optim.schedule not in SCHEDULES:
+        raise ConfigError(f"optim.schedule={optim.schedule!r} is invalid: choose one of "
+                          f"{sorted(SCHEDULES)}")
+
+
 def make_schedule(optim, total_steps: int) -> optax.Schedule:
     """The learning-rate schedule optim.schedule names, over total_steps optimizer steps."""
+    check(optim)
     return SCHEDULES[optim.schedule](optim, total_steps)
 
 

@@ -11,6 +11,9 @@ import numpy as np
 from absl import logging
 
 from gptjax.config import Config, ConfigError, ModelConfig
+from gptjax.interop import hf
+from gptjax.model import split
+from gptjax.training import checkpoint
 
 # The fields that make the pretrained weights mean what they meant (shapes, and the function
 # they compute); the run keeps its own dropout, kernel, dtypes and remat.
@@ -21,9 +24,6 @@ ARCHITECTURE = ("vocab_size", "max_len", "num_layers", "num_heads", "num_kv_head
 
 def source_config(path: str) -> tuple[str, ModelConfig]:
     """(its folder, the model config) of a pretrained source, from its config file alone."""
-    from gptjax.interop import hf
-    from gptjax.training import checkpoint
-
     try:
         folder = hf.resolve_folder(path)
     except (FileNotFoundError, NotADirectoryError) as e:
@@ -76,10 +76,8 @@ def adopt(cfg: Config) -> Config:
 def load_params(cfg: Config, shardings):
     """train.init_from's weights as the run's params (cfg.model's dtypes), laid out as
     `shardings` says; each process reads the files and keeps its own shards."""
-    from gptjax.model import GPT, split
-
     m = cfg.model
-    model = GPT.from_pretrained(cfg.train.init_from, dtype=m.dtype, param_dtype=m.param_dtype,
+    model = hf.from_pretrained(cfg.train.init_from, dtype=m.dtype, param_dtype=m.param_dtype,
                                 attention=m.attention, remat=m.remat, dropout=m.dropout)
     _, params = split(model)
     if jax.tree.structure(params) != jax.tree.structure(shardings):

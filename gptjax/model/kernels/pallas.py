@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax.model.kernels import check_available, refuse_dropout, register
+from gptjax.model.kernels.registry import check_available, refuse_dropout, register
 from gptjax.model.masks import Mask
 
 # True: run the GPU op in Pallas interpret mode on any backend (slow; for tests on a CPU).
@@ -35,7 +35,8 @@ MIN_BLOCK = 16
 
 
 # Runs start only on a GPU/TPU (kernels.check_available); interpret mode is for direct calls.
-@register("pallas", backends=("gpu", "tpu"), instead="'blockwise' or 'xla'", dropout=False)
+@register("pallas", backends=("gpu", "tpu"), instead="'blockwise' or 'xla'", dropout=False,
+          window=False, alibi=False)
 def pallas_attention(q, k, v, mask: Mask | None = None, *, dropout_rate=0.0, dropout_rng=None,
                      block_q: int = 128, block_k: int = 128, block_bwd: int = 32,
                      interpret: bool | None = None):

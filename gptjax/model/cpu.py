@@ -1,11 +1,12 @@
-"""LayerNorm and GELU with hand-written backward passes (jax.custom_vjp).
+"""The model's CPU speed paths, and the one place that chooses them: LayerNorm and GELU with
+hand-written backward passes (jax.custom_vjp). Other backends get flax's and jax's own.
 
 The same functions as flax's nnx.LayerNorm (statistics in at least float32, fast variance
 E[x^2] - E[x]^2) and jax.nn.gelu(approximate=True); only the derivatives are written out, as the
 textbook formulas over the saved normalised input (LayerNorm) and the saved tanh (GELU). JAX's
 automatic derivatives of both make XLA materialise broadcasts and extra passes over the
 activations, which on a CPU, where a small model's step is bound by elementwise work, costs a
-few percent of the step.
+few percent of the step. (The CPU attention path is gptjax.model.kernels.xla_cpu.)
 """
 
 from __future__ import annotations
@@ -82,3 +83,18 @@ def _gelu_bwd(res, g):
 
 
 gelu_tanh.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+def on_cpu() -> bool:
+    """Whether JAX computes on CPUs: the switch for every CPU speed path of the model."""
+    return jax.default_backend() == "cpu"
+
+
+def layer_norm_class() -> type[nnx.LayerNorm]:
+    """LayerNorm's class for this backend (the same parameters either way)."""
+    return LayerNorm if on_cpu() else nnx.LayerNorm
+
+
+def gelu(x):
+    """GELU, tanh approximation (GPT-2), with the CPU backward on CPUs."""
+    return gelu_tanh(x) if on_cpu() else jax.nn.gelu(x, approximate=True)

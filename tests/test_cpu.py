@@ -1,4 +1,4 @@
-"""gptjax.model.ops: LayerNorm and GELU with hand-written backward passes equal flax's and jax's
+"""gptjax.model.cpu: LayerNorm and GELU with hand-written backward passes equal flax's and jax's
 functions and their automatic derivatives."""
 
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gptjax.model.ops import LayerNorm, gelu_tanh
+from gptjax.model.cpu import LayerNorm, gelu_tanh
 
 
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 5e-2)])

@@ -13,7 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from gptjax.model.kernels import refuse_dropout, register
+from gptjax.model.kernels.registry import refuse_dropout, register
 from gptjax.model.masks import Mask
 
 NEG = jnp.finfo(jnp.float32).min

@@ -10,8 +10,12 @@ import time
 import jax
 import numpy as np
 
+from gptjax.config import ConfigError, MeshConfig
 from gptjax.parallel.sharding import device_bytes
 from gptjax.parallel.strategy import Plan, make_plan
+from gptjax.training.optim import make_optimizer
+from gptjax.training.state import graphdef_of, init_state
+from gptjax.training.steps import train_step_fn
 
 
 def synthetic_batches(config, num: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -45,10 +49,6 @@ class Run:
 def run(config, batches, *, devices=None, plan: Plan | None = None) -> Run:
     """Init from config.train.seed and take one train step per global batch under the plan
     config.mesh asks for (or `plan`); every process passes the same global batches."""
-    from gptjax.training.optim import make_optimizer
-    from gptjax.training.state import graphdef_of, init_state
-    from gptjax.training.steps import train_step_fn
-
     plan = plan or make_plan(config, devices=devices)
     tx, schedule = make_optimizer(config.optim, config.train.num_steps)
     state = plan.init(init_state, config.model, tx, config.train.seed)
@@ -111,8 +111,6 @@ def benchmark(config, meshes: dict[str, dict], num_steps: int, log=print) -> lis
     """Step time and per-device memory of `config` under each mesh; a row per strategy (or
     the reason it cannot run)."""
     import dataclasses as dc
-
-    from gptjax.config import ConfigError, MeshConfig
 
     batches = synthetic_batches(config, num_steps + 1)
     rows = []

@@ -1,0 +1,46 @@
+"""Building blocks with GPT-2's initialisation and logical axis names for sharding: Linear
+layers, LayerNorm and embedding lookups. gptjax.parallel maps the axis names to a mesh."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from gptjax.config import ModelConfig
+from gptjax.model import cpu
+from gptjax.parallel.rules import with_logical_constraint as constrain  # no-op off a mesh
+
+EMBED_STD = 0.02  # GPT-2's initial std of the token (and learned position) embeddings
+
+
+def dense(cfg: ModelConfig, d_in: int, d_out: int, axes, *, std: float, rngs: nnx.Rngs,
+          use_bias: bool = True) -> nnx.Linear:
+    """A Linear with GPT-2 init (normal(std), zero bias) and logical axis names for sharding."""
+    return nnx.Linear(
+        d_in, d_out, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        kernel_init=nnx.with_partitioning(nnx.initializers.normal(std), axes),
+        bias_metadata={"out_sharding": (axes[1],)}, rngs=rngs)
+
+
+def layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """nnx.LayerNorm over d_model (on CPUs with gptjax.model.cpu's backward: same parameters)."""
+    return cpu.layer_norm_class()(
+        cfg.d_model, epsilon=cfg.layer_norm_epsilon, dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype), scale_metadata={"out_sharding": ("norm",)},
+        bias_metadata={"out_sharding": ("norm",)}, rngs=rngs)
+
+
+def embedding(cfg: ModelConfig, rows: int, axes, rngs: nnx.Rngs) -> nnx.Embed:
+    """An embedding table [rows, d_model], GPT-2's init (normal(0.02))."""
+    return nnx.Embed(rows, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
+                     param_dtype=jnp.dtype(cfg.param_dtype),
+                     embedding_init=nnx.with_partitioning(nnx.initializers.normal(EMBED_STD),
+                                                          axes), rngs=rngs)
+
+
+def lookup(embed: nnx.Embed, ids, table_axes):
+    """embed(ids), with the table read whole along d_model: FSDP gathers it before the lookup
+    (a no-op off a mesh), so the output splits by batch like every activation, not by feature."""
+    table = constrain(embed.embedding[...], table_axes)
+    return jnp.take(table.astype(embed.dtype or table.dtype), ids, axis=0)
