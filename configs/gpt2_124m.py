@@ -19,9 +19,11 @@ from gptjax.config import default_config
 def get_config():
     config = default_config()
 
-    # GPT-2 small; the vocabulary is padded from 50257 to 50304 (a multiple of 64) for fast
-    # matmuls, as nanoGPT does; the extra rows are never targets.
-    config.model.vocab_size = 50304
+    # GPT-2 small. The embedding and LM head are padded from GPT-2's 50257 tokens to 50304 rows
+    # (a multiple of 64) for fast matmuls, as nanoGPT does; the padded logits are masked out of
+    # the loss and never generated, and an export has GPT-2's 50257.
+    config.model.vocab_size = 50257
+    config.model.vocab_multiple = 64
     config.model.max_len = 1024
     config.model.num_layers = 12
     config.model.num_heads = 12

@@ -30,7 +30,12 @@ def _fail(field: str, value: Any, allowed: str) -> None:
 class ModelConfig:
     """The GPT's shape and variants. Defaults are GPT-2 small (124M)."""
 
-    vocab_size: int = 50257  # 0: take it from the run's tokenizer (gptjax.training resolves it)
+    vocab_size: int = 50257  # the tokenizer's; 0: take it from the run's tokenizer
+    # The embedding and LM head have vocab_size rounded up to a multiple of this (for a mesh's
+    # tensor axis, or speed: nanoGPT pads GPT-2's 50257 to 50304); the padded rows start at
+    # zero and their logits are masked, so the model computes the same function. A run also
+    # rounds it up to its tensor axis by itself.
+    vocab_multiple: int = 1
     max_len: int = 1024
     num_layers: int = 12
     num_heads: int = 12
@@ -59,12 +64,18 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
 
+    @property
+    def padded_vocab(self) -> int:
+        """Rows of the embedding and LM head: vocab_size rounded up to vocab_multiple."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
     def validate(self) -> None:
         if (not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool)
                 or self.vocab_size < 0):
             _fail("model.vocab_size", self.vocab_size,
                   "must be a positive integer, or 0 to take it from the tokenizer")
-        for name in ("max_len", "num_layers", "num_heads", "num_kv_heads", "d_model", "d_ff"):
+        for name in ("max_len", "num_layers", "num_heads", "num_kv_heads", "d_model", "d_ff",
+                     "vocab_multiple"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 _fail(f"model.{name}", value, "must be a positive integer")

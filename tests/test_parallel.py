@@ -1,6 +1,8 @@
 """gptjax.parallel on 8 CPU devices: every strategy trains the single-device losses, FSDP holds
 1/8 of the state per device, checkpoints reshard across meshes, bad meshes fail early."""
 
+import json
+import pathlib
 import shutil
 
 import jax
@@ -209,7 +211,8 @@ def test_rules_table():
     (dict(data=1, tensor=8), dict(d_ff=100), 8, ShardingError,
      r"model.d_ff=100 does not divide over mesh.tensor=8"),
     (dict(data=4, tensor=2), dict(vocab_size=65), 8, ShardingError,
-     r"model.vocab_size=65 .* pad model.vocab_size to a multiple of 2 \(e.g. 66"),
+     r"model.vocab_size=65 padded to model.vocab_multiple=1 \(65 rows\) does not divide over "
+     r"mesh.tensor=2 .*set model.vocab_multiple=2"),
     (dict(data=1, fsdp=8), dict(d_model=36, num_heads=4), 8, ShardingError,
      r"model.d_model=36 does not divide over mesh.fsdp=8"),
     (dict(data=8), {}, 12, ShardingError,
@@ -221,6 +224,36 @@ def test_rules_table():
 def test_bad_input_raises_before_compiling(mesh, model, batch, error, message):
     with pytest.raises(error, match=message):
         make_plan(tiny(mesh, batch_size=batch, **model))
+
+
+@pytest.mark.parametrize("mesh, multiple", [(dict(data=-1, tensor=2), 2),
+                                            (dict(data=2, tensor=4), 4),
+                                            (dict(data=1, fsdp=4, tensor=2), 2)],
+                         ids=["dp_tp2", "dp_tp4", "fsdp_tp"])
+def test_quickstart_with_a_tensor_axis_pads_its_vocabulary(mesh, multiple, tmp_path):
+    """The quickstart's char vocabulary (odd) with only a tensor axis added: the run pads the
+    embedding and LM head to the mesh, masks the padding, and trains the same losses as plain
+    data parallelism (which equals one device: test_losses_match_single_device)."""
+    from gptjax.ablate import load_config_file
+    from gptjax.training.loop import train
+
+    def run(mesh, name):
+        config = load_config_file(pathlib.Path(__file__).parents[1] / "configs/quickstart.py")
+        config.train.update(num_steps=3, log_every=1, eval_steps=1, sample_tokens=0,
+                            checkpoint_every=100)
+        config.model.num_layers = 2
+        config.mesh.update(mesh)
+        train(config, tmp_path / name)
+        saved = json.loads((tmp_path / name / "config.json").read_text())["model"]
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+        return saved, [r["train_loss"] for r in rows if "train_loss" in r]
+
+    one, one_losses = run(dict(data=8), "one")
+    sharded, losses = run(mesh, "sharded")
+    assert one["vocab_size"] == sharded["vocab_size"] and one["vocab_size"] % 2  # odd: padded
+    assert (one["vocab_multiple"], sharded["vocab_multiple"]) == (1, multiple)
+    assert len(losses) == 3
+    np.testing.assert_allclose(losses, one_losses, atol=1e-5, rtol=0)
 
 
 def test_bad_mesh_through_the_loop_writes_nothing(tmp_path):

@@ -38,7 +38,7 @@ HF_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer
                "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1,
                "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True}
 # Model fields a caller may change while loading: none of them changes a weight's shape.
-OVERRIDABLE = ("dtype", "param_dtype", "attention", "remat", "dropout")
+OVERRIDABLE = ("dtype", "param_dtype", "attention", "remat", "dropout", "vocab_multiple")
 GPT2_EOT = 50256  # <|endoftext|> in GPT-2's vocabulary
 
 # How a Hugging Face tensor is made of gptjax parameters.
@@ -179,12 +179,21 @@ def _set(tree: dict, path: tuple, value) -> None:
     tree[path[-1]] = value
 
 
+# Tensors with a row per token: a padded vocabulary's extra rows are gptjax's alone.
+VOCAB_ROWS = ("wte.weight", "lm_head.weight")
+
+
 def params_to_hf(model: GPT) -> dict[str, np.ndarray]:
-    """HF tensor name -> contiguous float32 array, as GPT2LMHeadModel.save_pretrained names them."""
+    """HF tensor name -> contiguous float32 array, as GPT2LMHeadModel.save_pretrained names them
+    (the vocabulary's true size: padded rows dropped)."""
     params = jax.device_get(nnx.state(model, nnx.Param).to_pure_dict())
-    return {_hf_name(name): np.ascontiguousarray(
-                _to_hf(how, [np.asarray(_get(params, p), np.float32) for p in paths]))
-            for name, (paths, how) in layout(model.cfg).items()}
+    out = {}
+    for name, (paths, how) in layout(model.cfg).items():
+        tensor = _to_hf(how, [np.asarray(_get(params, p), np.float32) for p in paths])
+        if name in VOCAB_ROWS:
+            tensor = tensor[:model.cfg.vocab_size]
+        out[_hf_name(name)] = np.ascontiguousarray(tensor)
+    return out
 
 
 def params_from_hf(cfg: ModelConfig, tensors: Mapping[str, np.ndarray], source: str) -> GPT:
@@ -202,6 +211,8 @@ def params_from_hf(cfg: ModelConfig, tensors: Mapping[str, np.ndarray], source: 
     for name, (paths, how) in layout(cfg).items():
         shapes = [tuple(_get(shapes_tree, p).shape) for p in paths]
         expected = _hf_shape(how, shapes)
+        if name in VOCAB_ROWS:  # the file has the true vocabulary; padded rows start at zero
+            expected = (cfg.vocab_size,) + expected[1:]
         if name not in tensors:
             raise ValueError(f"{source}: tensor {_hf_name(name)!r} is missing (expected shape "
                              f"{expected} for this config); is the file complete and does "
@@ -212,6 +223,8 @@ def params_from_hf(cfg: ModelConfig, tensors: Mapping[str, np.ndarray], source: 
                              f"{tuple(tensor.shape)} but {CONFIG} implies {expected} "
                              f"(n_embd={cfg.d_model}, n_layer={cfg.num_layers}, "
                              f"vocab_size={cfg.vocab_size}, n_positions={cfg.max_len})")
+        if name in VOCAB_ROWS:
+            tensor = np.pad(tensor, ((0, cfg.padded_vocab - cfg.vocab_size), (0, 0)))
         for path, part in zip(paths, _from_hf(how, tensor, shapes)):
             _set(values, path, jnp.asarray(part, dtype=pdtype))
     state.replace_by_pure_dict(values)
@@ -309,14 +322,16 @@ def resolve_folder(path) -> pathlib.Path:
 
 def load_gpt(path, *, dtype: str | None = None, param_dtype: str | None = None,
              attention: str | None = None, remat: bool | None = None,
-             dropout: float | None = None) -> GPT:
+             dropout: float | None = None, vocab_multiple: int | None = None) -> GPT:
     """Load a GPT from a folder: a Hugging Face GPT-2 folder or a registered format.
 
-    dtype/param_dtype/attention/remat/dropout override the model config (weights are stored in
-    float32 and cast to param_dtype, float32 by default).
+    dtype/param_dtype/attention/remat/dropout/vocab_multiple override the model config (weights
+    are stored in float32 and cast to param_dtype, float32 by default; a padded vocabulary's
+    extra rows are zeros).
     """
     overrides = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype, attention=attention,
-                                       remat=remat, dropout=dropout).items() if v is not None}
+                                       remat=remat, dropout=dropout,
+                                       vocab_multiple=vocab_multiple).items() if v is not None}
     folder = resolve_folder(path)
     for detect, load in FORMATS.values():
         if detect(folder):

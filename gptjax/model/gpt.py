@@ -5,6 +5,7 @@ GPT-2's architecture (Radford et al. 2019). Read top to bottom: MLP, Block, GPT.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -15,7 +16,7 @@ from flax import nnx
 from gptjax.config import ModelConfig
 from gptjax.model import cpu, kernels, positions
 from gptjax.model.attention import CausalSelfAttention
-from gptjax.model.layers import dense, embedding, layer_norm, lookup
+from gptjax.model.layers import dense, embedding, layer_norm, lookup, mask_padded_vocab
 from gptjax.model.masks import Mask
 from gptjax.parallel.rules import with_logical_constraint as constrain  # no-op off a mesh
 
@@ -70,7 +71,8 @@ class GPT(nnx.Module):
         self.cfg = cfg
         # Parameters carry logical axis names; gptjax.parallel maps them to a mesh later.
         with nnx.use_eager_sharding(False):
-            self.wte = embedding(cfg, cfg.vocab_size, ("vocab", "embed"), rngs)
+            self.wte = embedding(cfg, cfg.padded_vocab, ("vocab", "embed"), rngs,
+                                 used_rows=cfg.vocab_size)
             table = positions.get(cfg.position).table(cfg, rngs)
             if table is not None:  # learned positions: GPT-2's wpe
                 self.wpe = table
@@ -78,8 +80,9 @@ class GPT(nnx.Module):
             self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
             self.ln_f = layer_norm(cfg, rngs)
             if not cfg.tie_embeddings:
-                self.lm_head = dense(cfg, cfg.d_model, cfg.vocab_size, ("embed", "vocab"),
-                                     std=0.02, rngs=rngs, use_bias=False)
+                self.lm_head = dense(cfg, cfg.d_model, cfg.padded_vocab, ("embed", "vocab"),
+                                     std=0.02, rngs=rngs, use_bias=False,
+                                     used_out=cfg.vocab_size)
 
     def __call__(self, tokens, *, positions_=None, attention_mask_=None, deterministic=True,
                  rngs: nnx.Rngs | None = None):
@@ -130,13 +133,14 @@ class GPT(nnx.Module):
         return (self.lm_head_logits(x) if logits else x), new_cache
 
     def lm_head_logits(self, x):
-        """The LM head: final hidden states [batch, seq, d_model] -> float32 logits."""
+        """The LM head: final hidden states [batch, seq, d_model] -> float32 logits
+        [batch, seq, padded_vocab], the padding masked."""
         if self.cfg.tie_embeddings:
             logits = self.wte.attend(x)
         else:
             logits = self.lm_head(x)
         logits = constrain(logits, ("batch", "seq", "vocab"))
-        return logits.astype(jnp.float32)
+        return mask_padded_vocab(self.cfg, logits.astype(jnp.float32))
 
     def init_cache(self, batch_size: int, cache_len: int, dtype=None) -> list[dict[str, Any]]:
         """Zeroed KV cache, [batch, cache_len, kv_heads, head_dim] per layer for k and v."""
@@ -196,6 +200,29 @@ def _provided(name: str) -> Callable:
 
 def _run_block(block, x, positions_, mask, deterministic, rngs):
     return block(x, positions_=positions_, mask=mask, deterministic=deterministic, rngs=rngs)
+
+
+def repad_vocab(params, cfg: ModelConfig, multiple: int):
+    """(params of GPT(cfg) with the vocabulary padded to `multiple` instead, the cfg to match):
+    padded rows cut or added as zeros, the real rows untouched."""
+    new = dataclasses.replace(cfg, vocab_multiple=multiple)
+    rows = new.padded_vocab
+    if rows == cfg.padded_vocab:
+        return params, new
+
+    def fit(x, axis):
+        x = jax.lax.slice_in_dim(x, 0, min(rows, x.shape[axis]), axis=axis)
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (0, rows - x.shape[axis])
+        return jnp.pad(x, pad)
+
+    pure = params.to_pure_dict()
+    pure["wte"]["embedding"] = fit(pure["wte"]["embedding"], 0)
+    if "lm_head" in pure:
+        pure["lm_head"]["kernel"] = fit(pure["lm_head"]["kernel"], 1)
+    _, resized = split(nnx.eval_shape(lambda: GPT(new, rngs=nnx.Rngs(0))))
+    resized.replace_by_pure_dict(pure)
+    return resized, new
 
 
 def split(model: GPT):

@@ -14,12 +14,16 @@ EMBED_STD = 0.02  # GPT-2's initial std of the token (and learned position) embe
 
 
 def dense(cfg: ModelConfig, d_in: int, d_out: int, axes, *, std: float, rngs: nnx.Rngs,
-          use_bias: bool = True) -> nnx.Linear:
-    """A Linear with GPT-2 init (normal(std), zero bias) and logical axis names for sharding."""
+          use_bias: bool = True, used_out: int | None = None) -> nnx.Linear:
+    """A Linear with GPT-2 init (normal(std), zero bias) and logical axis names for sharding;
+    output columns past `used_out` (a padded vocabulary's) start at zero."""
+    init = nnx.initializers.normal(std)
+    if used_out is not None and used_out < d_out:
+        init = zero_padded(init, used_out, axis=1)
     return nnx.Linear(
         d_in, d_out, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
         param_dtype=jnp.dtype(cfg.param_dtype),
-        kernel_init=nnx.with_partitioning(nnx.initializers.normal(std), axes),
+        kernel_init=nnx.with_partitioning(init, axes),
         bias_metadata={"out_sharding": (axes[1],)}, rngs=rngs)
 
 
@@ -31,12 +35,39 @@ def layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
         bias_metadata={"out_sharding": ("norm",)}, rngs=rngs)
 
 
-def embedding(cfg: ModelConfig, rows: int, axes, rngs: nnx.Rngs) -> nnx.Embed:
-    """An embedding table [rows, d_model], GPT-2's init (normal(0.02))."""
+def embedding(cfg: ModelConfig, rows: int, axes, rngs: nnx.Rngs, *,
+              used_rows: int | None = None) -> nnx.Embed:
+    """An embedding table [rows, d_model], GPT-2's init (normal(0.02)); rows past `used_rows`
+    (a padded vocabulary's) start at zero."""
+    init = nnx.initializers.normal(EMBED_STD)
+    if used_rows is not None and used_rows < rows:
+        init = zero_padded(init, used_rows, axis=0)
     return nnx.Embed(rows, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
                      param_dtype=jnp.dtype(cfg.param_dtype),
-                     embedding_init=nnx.with_partitioning(nnx.initializers.normal(EMBED_STD),
-                                                          axes), rngs=rngs)
+                     embedding_init=nnx.with_partitioning(init, axes), rngs=rngs)
+
+
+def zero_padded(init, used: int, axis: int):
+    """`init` drawn for the first `used` entries along `axis` (the numbers an unpadded array
+    gets from the same key), zeros after them."""
+
+    def padded(key, shape, dtype=jnp.float32):
+        inner = list(shape)
+        inner[axis] = used
+        pad = [(0, 0)] * len(shape)
+        pad[axis] = (0, shape[axis] - used)
+        return jnp.pad(init(key, tuple(inner), dtype), pad)
+
+    return padded
+
+
+def mask_padded_vocab(cfg: ModelConfig, logits):
+    """Logits [..., padded_vocab] with the padded entries at float32's lowest: never predicted,
+    sampled or scored, and no gradient reaches their weights."""
+    if cfg.padded_vocab == cfg.vocab_size:
+        return logits
+    real = jnp.arange(cfg.padded_vocab) < cfg.vocab_size
+    return jnp.where(real, logits, jnp.finfo(logits.dtype).min)
 
 
 def lookup(embed: nnx.Embed, ids, table_axes):

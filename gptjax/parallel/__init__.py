@@ -8,13 +8,15 @@ from gptjax.parallel.rules import (DEFAULT_RULES, activate, logical_to_mesh,
                                    with_logical_constraint)
 from gptjax.parallel.sharding import (ShardingError, abstract_like, batch_sharding, check_batch,
                                       check_divisible, check_model, device_bytes, logical_axes,
-                                      param_shardings, replicated, shard_init, tree_shardings)
+                                      param_shardings, replicated, shard_init, tree_shardings,
+                                      vocab_shards)
 from gptjax.parallel.strategy import Plan, make_plan
 
 __all__ = [
     "AXES", "MeshError", "describe", "make_mesh", "mesh_shape", "DEFAULT_RULES", "activate",
     "logical_to_mesh", "with_logical_constraint", "ShardingError", "abstract_like",
     "batch_sharding", "check_batch", "check_divisible", "check_model", "device_bytes",
-    "logical_axes", "param_shardings", "replicated", "shard_init", "tree_shardings", "Plan",
+    "logical_axes", "param_shardings", "replicated", "shard_init", "tree_shardings",
+    "vocab_shards", "Plan",
     "make_plan", "initialize_distributed", "is_main_process", "quiet_other_processes",
 ]

@@ -18,6 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gptjax.config import ConfigError
+from gptjax.parallel.mesh import mesh_shape
 from gptjax.parallel.rules import DEFAULT_RULES, Rules, logical_to_mesh, mesh_axes
 
 
@@ -157,15 +158,22 @@ def check_batch(batch_size: int, mesh: Mesh, rules: Rules = DEFAULT_RULES,
 
 # model dimension -> (logical axis, config field that sets it)
 _MODEL_DIMS = (("heads", "num_heads"), ("kv_heads", "num_kv_heads"), ("mlp", "d_ff"),
-               ("vocab", "vocab_size"), ("embed", "d_model"))
+               ("vocab", "padded_vocab"), ("embed", "d_model"))
+
+
+def vocab_shards(mesh_cfg, num_devices: int, rules: Rules = DEFAULT_RULES) -> int:
+    """How many pieces the mesh config.mesh describes splits the vocabulary into (its logical
+    axis 'vocab''s mesh axes), for a model to pad its vocabulary to (model.vocab_multiple)."""
+    shape = mesh_shape(mesh_cfg, num_devices)
+    return math.prod(shape.get(a, 1) for a in mesh_axes("vocab", rules))
 
 
 def check_model(model_cfg, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> None:
     """Raise ShardingError, naming the field and the fix, if a model dimension does not divide
     over the mesh axes its logical axis maps to (e.g. num_heads=6 with mesh.tensor=4).
 
-    The vocabulary is not padded silently: padding would change the model and its loss, so a
-    vocab that does not divide is an error whose message says how to pad it in the config.
+    A run pads its vocabulary to the mesh itself (gptjax.training: model.vocab_multiple), so
+    a vocabulary that does not divide here was built outside a run.
     """
     for name, field in _MODEL_DIMS:
         size = getattr(model_cfg, field)
@@ -173,14 +181,15 @@ def check_model(model_cfg, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> None:
         n = _split(mesh, axes)
         if size and size % n:
             sizes = " x ".join(f"mesh.{a}={mesh.shape[a]}" for a in axes)
-            fix = (f"pad model.vocab_size to a multiple of {n} (e.g. "
-                   f"{-(-size // n) * n}; nanoGPT pads GPT-2's 50257 to 50304)"
+            fix = (f"pad the vocabulary to a multiple of {n}: set model.vocab_multiple={n}"
                    if name == "vocab" else
                    f"choose model.{field} divisible by {n}, or a mesh with a smaller "
                    f"{'/'.join(axes)} axis")
-            raise ShardingError(
-                f"model.{field}={size} does not divide over {sizes} (logical axis {name!r} "
-                f"-> {tuple(axes)}): {fix}")
+            what = (f"model.vocab_size={model_cfg.vocab_size} padded to model.vocab_multiple="
+                    f"{model_cfg.vocab_multiple} ({size} rows)" if name == "vocab"
+                    else f"model.{field}={size}")
+            raise ShardingError(f"{what} does not divide over {sizes} (logical axis {name!r} -> "
+                                f"{tuple(axes)}): {fix}")
 
 
 def check_divisible(tree, shardings) -> None:

@@ -24,11 +24,12 @@ from flax import nnx
 
 from gptjax.config import Config, ConfigError
 from gptjax.interop import register_format
+from gptjax.model.gpt import repad_vocab
 from gptjax.training.optim import make_optimizer
 from gptjax.training.state import graphdef_of, init_state
 
 # Model fields a resumed run may change: they alter neither parameter shapes nor their meaning.
-RESUMABLE_MODEL_FIELDS = frozenset({"dropout", "attention", "dtype", "remat"})
+RESUMABLE_MODEL_FIELDS = frozenset({"dropout", "attention", "dtype", "remat", "vocab_multiple"})
 
 
 def _handlers():
@@ -57,6 +58,12 @@ def check_compatible(saved: Mapping[str, Any], config: Config, where: str) -> No
     old = saved.get("model", {})
     diffs = [f"model.{k}: checkpoint {old.get(k)!r}, config {v!r}" for k, v in current.items()
              if k not in RESUMABLE_MODEL_FIELDS and _norm(old.get(k)) != _norm(v)]
+    rows = -(-current["vocab_size"] // current["vocab_multiple"]) * current["vocab_multiple"]
+    multiple = old.get("vocab_multiple", 1)
+    old_rows = -(-old.get("vocab_size", 0) // multiple) * multiple
+    if rows != old_rows:
+        diffs.append(f"embedding rows (vocab_size padded to model.vocab_multiple, here "
+                     f"rounded up to the mesh's tensor axis): checkpoint {old_rows}, config {rows}")
     if diffs:
         raise ConfigError(
             f"{where} holds a checkpoint of a different model ({'; '.join(diffs)}). Resume it "
@@ -147,9 +154,13 @@ def load_params(workdir: str | os.PathLike, step: int | None = None):
 
 
 def load_model(workdir: str | os.PathLike, step: int | None = None, **overrides):
-    """The GPT of a run's checkpoint; `overrides` replace model config fields (e.g. attention)."""
+    """The GPT of a run's checkpoint; `overrides` replace model config fields (e.g. attention;
+    vocab_multiple pads the vocabulary anew)."""
     cfg, params = load_params(workdir, step)
-    model_cfg = dataclasses.replace(cfg.model, **overrides)
+    model_cfg = cfg.model
+    if "vocab_multiple" in overrides:
+        params, model_cfg = repad_vocab(params, model_cfg, overrides.pop("vocab_multiple"))
+    model_cfg = dataclasses.replace(model_cfg, **overrides)
     return nnx.merge(graphdef_of(model_cfg), params)
 
 

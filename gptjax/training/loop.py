@@ -28,7 +28,7 @@ from tqdm import tqdm
 from gptjax.config import Config, ConfigError
 from gptjax.model import check_config as check_model
 from gptjax.model.kernels import check_available
-from gptjax.parallel import make_plan
+from gptjax.parallel import make_plan, vocab_shards
 from gptjax.training import checkpoint as ckpt_lib
 from gptjax.training import host, pretrained
 from gptjax.training import metrics as metrics_lib
@@ -41,13 +41,20 @@ from gptjax.training.steps import compile_train_step, eval_step_fn
 Callback = Callable[[int, Mapping[str, Any]], None]  # (step, logged metrics or {}) -> None
 
 
-def resolve_vocab(config: Config, tokenizer_vocab: int) -> Config:
-    """Fill model.vocab_size=0 from the tokenizer; refuse a vocabulary smaller than it."""
+def resolve_vocab(config: Config, tokenizer_vocab: int, vocab_shards: int = 1) -> Config:
+    """Fill model.vocab_size=0 from the tokenizer, and pad the vocabulary to a multiple of the
+    mesh's vocabulary shards (masked padding: the same model); refuse a vocabulary smaller than
+    the tokenizer's."""
     v = config.model.vocab_size
-    if v == 0:
-        model = dataclasses.replace(config.model, vocab_size=int(tokenizer_vocab))
-        return dataclasses.replace(config, model=model)
-    if v < tokenizer_vocab:
+    multiple = math.lcm(config.model.vocab_multiple, vocab_shards)
+    if multiple != config.model.vocab_multiple:
+        logging.info("model.vocab_multiple=%d: the vocabulary is padded to %d rows to split over "
+                     "the mesh's %d vocabulary shards", multiple,
+                     -(-(v or tokenizer_vocab) // multiple) * multiple, vocab_shards)
+    model = dataclasses.replace(config.model, vocab_multiple=multiple,
+                                vocab_size=v or int(tokenizer_vocab))
+    config = dataclasses.replace(config, model=model)
+    if v and v < tokenizer_vocab:
         raise ConfigError(f"model.vocab_size={v} is smaller than the tokenizer's vocabulary "
                           f"({tokenizer_vocab}); set it to 0 to take the tokenizer's size, or "
                           f">= {tokenizer_vocab}")
@@ -104,7 +111,8 @@ def set_up(cfg: Config, data=None):
     if data is None:
         data = build_data(cfg, process_index=jax.process_index(),
                           process_count=jax.process_count())
-    return resolve_vocab(cfg, data.vocab_size), data
+    shards = vocab_shards(cfg.mesh, jax.device_count()) if cfg.mesh.strategy == "jit" else 1
+    return resolve_vocab(cfg, data.vocab_size, shards), data
 
 
 def train(config, workdir: str | os.PathLike, *, data=None,

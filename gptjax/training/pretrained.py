@@ -78,7 +78,8 @@ def load_params(cfg: Config, shardings):
     `shardings` says; each process reads the files and keeps its own shards."""
     m = cfg.model
     model = hf.from_pretrained(cfg.train.init_from, dtype=m.dtype, param_dtype=m.param_dtype,
-                                attention=m.attention, remat=m.remat, dropout=m.dropout)
+                               attention=m.attention, remat=m.remat, dropout=m.dropout,
+                               vocab_multiple=m.vocab_multiple)
     _, params = split(model)
     if jax.tree.structure(params) != jax.tree.structure(shardings):
         raise ConfigError(f"train.init_from={cfg.train.init_from!r}: its parameters do not "
