@@ -69,9 +69,11 @@ def run(prompt: list[int], *, checkpoint: str | None = None, repeats: int = 3,
         import torch
         import transformers
 
-        results["machine"].update(torch=torch.__version__, transformers=transformers.__version__,
-                                  torch_threads=torch.get_num_threads(), torch_note=f"{torch.get_num_threads()} threads, transformers "
-                                  f"{transformers.__version__}")
+        threads = torch.get_num_threads()
+        results["machine"].update(
+            torch=torch.__version__, transformers=transformers.__version__,
+            torch_threads=threads, torch_note=f"{threads} threads, transformers "
+            f"{transformers.__version__}")
     elif with_hf:
         log("transformers or torch is not installed: measuring gptjax alone "
             "(`pip install torch==2.13.0 transformers` to run it side by side)")

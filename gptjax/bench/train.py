@@ -226,7 +226,8 @@ def peer_torch(venv: str | os.PathLike) -> str | None:
 def run_nanogpt(script: str | os.PathLike, venv: str | os.PathLike, *,
                 steps: int) -> dict[str, Any]:
     """nanoGPT's CPU recipe for `steps` iterations in a fresh process: the runner's JSON
-    (tokens_per_sec, ms_per_iter, val_loss, wall_s) and the command that ran it."""
+    (tokens_per_sec, ms_per_iter, val_loss, wall_s) and the command that ran it. val_loss is
+    from nanoGPT's last evaluation (every 250 iterations, from 0): in a short run, its start."""
     command = ["bash", str(script), str(venv), f"--max_iters={steps}",
                f"--lr_decay_iters={steps}"]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -325,7 +326,7 @@ def write_report(results: dict[str, Any], path: str | os.PathLike, *,
     peer = rounds and "peer" in rounds[0]
     lines = ["# Training throughput: nanoGPT's Shakespeare CPU recipe", "",
              f"    {command}", "", f"Machine: {machine_line(results['machine'])}", "",
-             f"{len(rounds)} rounds; in each, " + (
+             f"{len(rounds)} round{'s' if len(rounds) != 1 else ''}; in each, " + (
                  "nanoGPT's run (`" + rounds[0]["peer"]["command"] + "`), then " if peer else
                  "(nanoGPT not run: --peer=none) ")
              + "every gptjax measurement in a fresh process, one after the other. "
