@@ -17,7 +17,7 @@ import statistics
 import time
 from typing import Any, Callable
 
-from gptjax.bench.train import machine
+from gptjax.bench.train import machine, machine_line
 
 CASES = {"greedy": dict(max_new_tokens=200, num_beams=1),
          "beam5": dict(max_new_tokens=50, num_beams=5)}
@@ -69,8 +69,14 @@ def run(prompt: list[int], *, checkpoint: str | None = None, repeats: int = 3,
         import torch
         import transformers
 
-        results["machine"].update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                                  transformers=transformers.__version__)
+        threads = torch.get_num_threads()
+        results["machine"].update(
+            torch=torch.__version__, transformers=transformers.__version__,
+            torch_threads=threads, torch_note=f"{threads} threads, transformers "
+            f"{transformers.__version__}")
+    elif with_hf:
+        log("transformers or torch is not installed: measuring gptjax alone "
+            "(`pip install torch==2.13.0 transformers` to run it side by side)")
 
     for name, kw in cases.items():
         kw = dict(kw, eos_token_id=None)
@@ -121,12 +127,10 @@ def write_report(results: dict[str, Any], path: str | os.PathLike, *, command: s
     lines = [
         "# Generation speed: gptjax vs Hugging Face transformers (CPU)", "",
         f"`{command}`", "",
-        f"GPT-2 124M shape, fp32, prompt of {results['prompt_tokens']} tokens, eos disabled. "
-        f"{m['cpus']} CPUs ({m['processor']}), jax {m['jax']}"
-        + (f", torch {m['torch']} ({m['torch_threads']} threads), transformers "
-           f"{m['transformers']}" if "torch" in m else "")
-        + f". Load average before/after: {m['load_average'][0]:.1f} / "
-          f"{m['load_average_after'][0]:.1f} (other processes shared the CPU).", "",
+        f"GPT-2 124M shape, fp32, prompt of {results['prompt_tokens']} tokens, eos disabled.",
+        "", f"Machine: {machine_line(m)}",
+        "" if "transformers" in m else "\ntransformers was not measured (not installed, or "
+        "--nohf): `pip install torch==2.13.0 transformers` to run it side by side.", "",
         "| case | new tokens | gptjax tok/s | transformers tok/s | speed-up | target | "
         "gptjax compile (s) |",
         "|---|---|---|---|---|---|---|"]
