@@ -272,7 +272,7 @@ def test_a_registered_builder_gets_the_shared_checks(tmp_path, monkeypatch):
     config = make_config(tmp_path, dataset="toy")
     small = Config.from_dict({**config.to_dict(), "model": {**config.to_dict()["model"],
                                                            "vocab_size": 40}})
-    with pytest.raises(ConfigError, match="model.vocab_size=40 is smaller than the dataset's 50"):
+    with pytest.raises(ConfigError, match="model.vocab_size=40 is smaller than the tokenizer's 50"):
         build_data(small, process_index=0, process_count=1)
     with pytest.raises(ConfigError, match=r"'toy'.*TFDS catalog"):
         build(tmp_path, dataset="no_such_dataset_xyz")

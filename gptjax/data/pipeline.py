@@ -91,7 +91,7 @@ def build_data(config: Config, *, tokenizer=None, process_index: int | None = No
     vocab = config.model.vocab_size
     if vocab and vocab < data.vocab_size:
         raise ConfigError(
-            f"model.vocab_size={vocab} is smaller than the dataset's {data.vocab_size} tokens "
+            f"model.vocab_size={vocab} is smaller than the tokenizer's {data.vocab_size} tokens "
             f"(data.tokenizer={config.data.tokenizer!r}); set model.vocab_size=0 to take the "
             "tokenizer's size")
     return data
