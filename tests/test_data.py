@@ -7,8 +7,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from gptjax.config import Config, ConfigError
-from gptjax.data import (DatasetUnavailableError, Windows, build_data, datasets, to_global,
-                         tokenize, tokens)
+from gptjax.data import (DATASETS, BatchData, Data, DatasetUnavailableError, Windows, build_data,
+                         datasets, to_global, tokenize, tokens)
+from gptjax.data.base import Epochs, endless_batches, host_rows
 from gptjax.data.text_builder import chunks, split_at_end
 from gptjax.tokenizers import Tokenizer
 
@@ -224,6 +225,76 @@ def test_separate_validation_file(tmp_path, text_file):
 def test_shakespeare_splits_as_nanogpt(tmp_path, shakespeare_path):
     data = build(tmp_path, str(shakespeare_path), seq_len=64, batch_size=12)
     assert (data.vocab_size, data.train_tokens, data.val_tokens) == (65, 1003854, 111540)
+
+
+# ---- the registry and what every dataset shares -------------------------------------------------
+def test_every_registered_dataset_builds_a_data(tmp_path, text_file):
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(f'{{"question": "q{i}?", "answer": "a{i}"}}\n' for i in range(10)))
+    configs = {"text_file": dict(text_file=text_file), "embedded": dict(seq_len=32),
+               "mqar": dict(seq_len=32, mqar_num_kv_pairs=4),
+               "task": dict(text_file=str(qa), task="qa", seq_len=32)}
+    assert set(configs) == set(DATASETS)  # a new dataset adds its case here
+    for name, fields in configs.items():
+        data = build(tmp_path, dataset=name, **fields)
+        assert isinstance(data, Data), name
+        batch = next(data.train)
+        assert batch["inputs"].shape == batch["targets"].shape == (4, fields.get("seq_len", 16))
+        assert 0 <= batch["inputs"].min() and batch["inputs"].max() < data.vocab_size, name
+        position = data.train.get_state()
+        following = next(data.train)
+        data.train.set_state(position)
+        assert_same_batches([next(data.train)], [following])
+        assert_same_batches(list(data.val_batches(2)), list(data.val_batches(2)))
+
+
+def _toy_dataset(config, tokenizer, process_index, process_count):
+    """Row n of the stream is n, repeated along the sequence: a registry entry for tests."""
+    seq = config.data.seq_len
+
+    def fetch(t, rows):
+        ids = np.repeat(rows[:, None], seq, axis=1).astype(np.int32) % 50
+        return {"inputs": ids, "targets": ids}
+
+    batches = endless_batches(fetch, config.data.batch_size, process_index, process_count)
+    return BatchData(tokenizer, iter(batches.to_iter_dataset()), batches, 50)
+
+
+def test_a_registered_builder_gets_the_shared_checks(tmp_path, monkeypatch):
+    monkeypatch.setitem(DATASETS, "toy", _toy_dataset)
+    data = build(tmp_path, dataset="toy", process_index=1, process_count=2)
+    assert next(data.train)["inputs"][:, 0].tolist() == [2, 3]  # rows 2, 3 of batch 0
+    assert next(data.train)["inputs"][:, 0].tolist() == [6, 7]
+    with pytest.raises(ConfigError, match="data.batch_size=4 .*divisible.*processes"):
+        build(tmp_path, dataset="toy", process_count=3)
+    with pytest.raises(ValueError, match="process_index=2 not in"):
+        build(tmp_path, dataset="toy", process_index=2, process_count=2)
+    config = make_config(tmp_path, dataset="toy")
+    small = Config.from_dict({**config.to_dict(), "model": {**config.to_dict()["model"],
+                                                           "vocab_size": 40}})
+    with pytest.raises(ConfigError, match="model.vocab_size=40 is smaller than the tokenizer's 50"):
+        build_data(small, process_index=0, process_count=1)
+    with pytest.raises(ConfigError, match=r"'toy'.*TFDS catalog"):
+        build(tmp_path, dataset="no_such_dataset_xyz")
+
+
+def test_host_rows_split_each_global_batch_in_process_order():
+    whole = host_rows(3, 6, 0, 1)
+    np.testing.assert_array_equal(whole, np.arange(18, 24))
+    np.testing.assert_array_equal(np.concatenate([host_rows(3, 6, i, 3) for i in range(3)]),
+                                  whole)
+
+
+def test_epochs_visit_every_item_once_and_reshuffle():
+    epochs = Epochs(7, seed=1, shuffle=True)
+    orders = [epochs.locate(e * 7 + np.arange(7))[1] for e in range(3)]
+    for order in orders:
+        assert sorted(order.tolist()) == list(range(7))
+    assert len({tuple(o.tolist()) for o in orders}) > 1
+    np.testing.assert_array_equal(epochs.locate(np.arange(5, 9))[1],
+                                  np.concatenate([orders[0][5:], orders[1][:2]]))
+    np.testing.assert_array_equal(Epochs(7, seed=1, shuffle=False).locate(np.arange(9))[1],
+                                  [0, 1, 2, 3, 4, 5, 6, 0, 1])
 
 
 # ---- errors -------------------------------------------------------------------------------------

@@ -197,10 +197,11 @@ def test_finetune_starts_from_the_pretrained_weights(tmp_path, mesh):
 
 def test_finetune_learns_the_answers(hf_run):
     """The validation loss (answers only) falls well below the pretrained model's."""
-    from gptjax.data.tasks import build_task_data
+    from gptjax.data import build_data
 
     cfg = Config.from_dict(json.loads((hf_run["workdir"] / "config.json").read_text()))
-    data = build_task_data(cfg, Tokenizer.from_pretrained(TINY))
+    data = build_data(cfg, tokenizer=Tokenizer.from_pretrained(TINY), process_index=0,
+                      process_count=1)
     before = _val_loss(GPT.from_pretrained(TINY), data, cfg.train.eval_steps)
     after = _val_loss(GPT.from_pretrained(hf_run["workdir"]), data, cfg.train.eval_steps)
     assert after == pytest.approx(hf_run["final"]["val_loss"], abs=1e-4)

@@ -1,9 +1,10 @@
-"""Datasets by name (`data.dataset`): gptjax's registry first, then the TFDS catalog.
+"""Text corpora: local text files, the embedded offline corpus, the TFDS catalog.
 
-    corpus = load_corpus(config.data)              # prepared as array_record, read with grain
+    corpus = text_file(config.data, data_dir(config.data))   # prepared as array_record
     for document, text in corpus.documents(corpus.train_split): ...
 
-Adding a dataset is one function `(DataConfig, data_dir) -> Corpus` and one line in DATASETS.
+A corpus function is `(DataConfig, data_dir) -> Corpus`; gptjax.data.pipeline.DATASETS
+registers each one as a dataset through gptjax.data.text.text_dataset.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import difflib
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 
 import grain
 import tensorflow_datasets as tfds
 
 from gptjax.config import ConfigError, DataConfig
+from gptjax.data.base import file_paths
 from gptjax.data.text_builder import GptjaxText, documents_source, file_source
 
 OFFLINE_WAY = "--config.data.dataset=text_file --config.data.text_file=PATH"
@@ -28,6 +30,10 @@ PROBE_SECONDS = 3.0
 
 class DatasetUnavailableError(RuntimeError):
     """A TFDS catalog dataset that is not prepared here and cannot be downloaded now."""
+
+
+class NotInCatalogError(ConfigError):
+    """A data.dataset name that TFDS's catalog does not hold either."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,23 +64,14 @@ def data_dir(data: DataConfig) -> str | None:
     return data.data_dir or os.environ.get("GPTJAX_DATA_DIR") or None
 
 
-def _paths(value: str | Sequence[str]) -> list[str]:
-    """One path, a list of paths, or 'a.txt,b.txt' from the command line."""
-    if isinstance(value, str):
-        if "," in value and not os.path.exists(value):
-            return [p.strip() for p in value.split(",") if p.strip()]
-        return [value]
-    return [str(p) for p in value]
-
-
 def text_file(data: DataConfig, root: str | None) -> Corpus:
     """Local UTF-8 text file(s); validation is data.val_text_file or the end of the text."""
     if not data.text_file:
         raise ConfigError(
             "data.dataset='text_file' needs data.text_file: pass "
             "--config.data.text_file=PATH (several files: PATH1,PATH2)")
-    train = file_source(_paths(data.text_file), "data.text_file")
-    val = (file_source(_paths(data.val_text_file), "data.val_text_file")
+    train = file_source(file_paths(data.text_file), "data.text_file")
+    val = (file_source(file_paths(data.val_text_file), "data.val_text_file")
            if data.val_text_file else None)
     builder = GptjaxText(train=train, val=val, val_fraction=data.val_fraction, data_dir=root)
     return Corpus(f"text_file:{train.label}", builder.prepare())
@@ -82,6 +79,7 @@ def text_file(data: DataConfig, root: str | None) -> Corpus:
 
 def embedded(data: DataConfig, root: str | None) -> Corpus:
     """The documentation CPython ships in pydoc_data.topics: ~465k characters, no download."""
+    refuse_text_file(data)
     try:
         from pydoc_data import topics
     except ImportError as e:  # some distributions strip it from their Python
@@ -92,12 +90,6 @@ def embedded(data: DataConfig, root: str | None) -> Corpus:
     builder = GptjaxText(train=documents_source("pydoc_topics", docs), val=None,
                          val_fraction=data.val_fraction, data_dir=root)
     return Corpus("embedded", builder.prepare())
-
-
-DATASETS: dict[str, Callable[[DataConfig, str | None], Corpus]] = {
-    "text_file": text_file,
-    "embedded": embedded,
-}
 
 
 def network_available(host: tuple[str, int] = PROBE_HOST,
@@ -120,10 +112,11 @@ def network_available(host: tuple[str, int] = PROBE_HOST,
 
 def catalog(name: str, data: DataConfig, root: str | None) -> Corpus:
     """A TFDS catalog dataset, prepared as array_record; downloaded once when online."""
+    refuse_text_file(data)
     try:
         builder = tfds.builder(name, data_dir=root, file_format="array_record")
     except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
-        raise unknown_dataset(name, f" ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise NotInCatalogError(f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
     if not builder.is_prepared():
         fix = (f"Offline, train on a local text file instead: {OFFLINE_WAY} (or on the embedded "
                "corpus: --config.data.dataset=embedded); or prepare it where there is network "
@@ -154,29 +147,17 @@ def catalog(name: str, data: DataConfig, root: str | None) -> Corpus:
                   text_key="text" if "text" in text_keys else text_keys[0], document_key=None)
 
 
-def unknown_dataset(name: str, why: str = "") -> ConfigError:
-    try:
-        known = tfds.list_builders(with_community_datasets=False)
-    except Exception:  # only for suggestions
-        known = []
-    close = difflib.get_close_matches(name, sorted(set(DATASETS) | set(known)), n=3)
-    return ConfigError(
-        f"data.dataset={name!r} is unknown{why}: choose one of gptjax's datasets "
-        f"{sorted(DATASETS)}, the synthetic task 'mqar', 'task' (fine-tuning examples in "
-        "data.text_file) or a TFDS catalog name (e.g. 'tiny_shakespeare', 'lm1b'; see "
-        "tfds.list_builders())" + (f"; did you mean {' or '.join(map(repr, close))}?"
-                                   if close else ""))
-
-
-def load_corpus(data: DataConfig) -> Corpus:
-    """The prepared dataset that `data.dataset` names (registry first, then TFDS's catalog)."""
-    root = data_dir(data)
-    if data.dataset != "text_file" and (data.text_file or data.val_text_file):
+def refuse_text_file(data: DataConfig) -> None:
+    """A corpus other than text_file fails when data.text_file is set: the user meant the file."""
+    if data.text_file or data.val_text_file:
         raise ConfigError(
             f"data.text_file is set but data.dataset={data.dataset!r} ignores it; to train on "
             f"the file add --config.data.dataset=text_file")
-    if data.dataset in DATASETS:
-        return DATASETS[data.dataset](data, root)
-    if not isinstance(data.dataset, str) or not data.dataset.strip():
-        raise unknown_dataset(str(data.dataset))
-    return catalog(data.dataset, data, root)
+
+
+def catalog_names() -> list[str]:
+    """TFDS's catalog (for suggestions only: empty where it cannot be listed)."""
+    try:
+        return list(tfds.list_builders(with_community_datasets=False))
+    except Exception:  # only for suggestions
+        return []

@@ -9,14 +9,14 @@ at power-law distributed distances, as in Zoology. Generated on the fly from a s
 
 from __future__ import annotations
 
-import dataclasses
-import sys
-from collections.abc import Iterator
-
 import grain
 import numpy as np
 
 from gptjax.config import Config, ConfigError
+from gptjax.data.base import Batch, BatchData, endless_batches
+
+# Generating a batch is ~5 ms of numpy for the configs/mqar.py sizes: worth grain's threads.
+PREFETCH = grain.ReadOptions()  # grain's default threads and buffer
 
 IGNORE = -1  # target of a position that is not scored
 VAL_SEED_OFFSET = 1_000_003  # validation sequences come from another stream than training
@@ -54,47 +54,24 @@ def mqar_batch(rng: np.random.Generator, batch: int, seq_len: int, vocab_size: i
     return {"inputs": seq[:, :-1].astype(np.int32), "targets": targets[:, 1:].astype(np.int32)}
 
 
-@dataclasses.dataclass
-class MQARData:
-    """Same interface as gptjax.data.Data: .train (checkpointable), .val_batches, .vocab_size."""
-
-    vocab: int
-    train: grain.DatasetIterator
-    val_dataset: grain.MapDataset
-    tokenizer: None = None  # ids are the task; there is no text
-
-    @property
-    def vocab_size(self) -> int:
-        return self.vocab
-
-    def val_batches(self, num_batches: int) -> Iterator[dict[str, np.ndarray]]:
-        return iter(self.val_dataset[:num_batches].to_iter_dataset())
-
-
-def _batches(seed: int, global_batch: int, process_index: int, process_count: int,
-             make) -> grain.MapDataset:
-    """Batch t is a function of (seed, t) alone; each process takes its rows of it."""
-    local = global_batch // process_count
-
-    def batch(t: int):
-        full = make(np.random.default_rng([seed, t]), global_batch)
-        return {k: v[process_index * local:(process_index + 1) * local] for k, v in full.items()}
-
-    return grain.MapDataset.range(sys.maxsize).map(batch)
-
-
-def build_mqar(config: Config, *, process_index: int = 0, process_count: int = 1) -> MQARData:
+def build_mqar(config: Config, tokenizer, process_index: int, process_count: int) -> BatchData:
+    """The registry's 'mqar': ids in [0, model.vocab_size or data.mqar_vocab_size), no text;
+    `tokenizer` is ignored. Batch t is a function of (seed, t) alone."""
     data = config.data
     vocab = config.model.vocab_size or data.mqar_vocab_size
-    if data.batch_size % process_count:
-        raise ConfigError(f"data.batch_size={data.batch_size} must be divisible by the number "
-                          f"of processes ({process_count})")
 
     def make(rng, batch):
         return mqar_batch(rng, batch, data.seq_len, vocab, data.mqar_num_kv_pairs)
 
     make(np.random.default_rng(0), 1)  # bad sizes fail here, before anything compiles
-    seed = config.train.seed % 2**32
-    train = _batches(seed, data.batch_size, process_index, process_count, make)
-    val = _batches(VAL_SEED_OFFSET, data.batch_size, process_index, process_count, make)
-    return MQARData(vocab, iter(train.to_iter_dataset()), val)
+
+    def batches(seed: int) -> grain.MapDataset:
+        def fetch(t: int, rows: np.ndarray) -> Batch:  # this process's rows of global batch t
+            full = make(np.random.default_rng([seed, t]), data.batch_size)
+            return {k: v[rows - t * data.batch_size] for k, v in full.items()}
+
+        return endless_batches(fetch, data.batch_size, process_index, process_count)
+
+    train = batches(config.train.seed % 2**32)
+    return BatchData(None, iter(train.to_iter_dataset(PREFETCH)),
+                     batches(VAL_SEED_OFFSET), vocab, read_options=PREFETCH)

@@ -25,8 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -34,7 +33,10 @@ import numpy as np
 from absl import logging
 
 from gptjax.config import Config, ConfigError
+from gptjax.data.base import (READ_OPTIONS, Batch, BatchData, Epochs, endless_batches,
+                              file_paths)
 from gptjax.generation.chat import dialogue_segments  # the transcript chat prompts with
+from gptjax.tokenizers import Tokenizer
 
 IGNORE = -1  # target of a position that is not scored
 Segment = tuple[str, bool]  # (text, written by the model: scored)
@@ -181,55 +183,36 @@ def _batches(rows: Mapping[str, np.ndarray], seed: int, global_batch: int, proce
              process_count: int, shuffle: bool) -> grain.MapDataset:
     """Endless batches; batch t is global rows [t*B, (t+1)*B) of epoch-wise permutations of
     the examples, a function of (seed, t) alone, and each process takes its share of it."""
-    count = len(rows["inputs"])
-    local = global_batch // process_count
-    first = process_index * local + np.arange(local)
+    epochs = Epochs(len(rows["inputs"]), seed=seed, shuffle=shuffle)
 
-    def batch(t: int) -> dict[str, np.ndarray]:
-        epochs, within = np.divmod(t * global_batch + first, count)
-        picked = np.empty_like(within)
-        for epoch in np.unique(epochs):
-            order = (np.random.default_rng([seed, int(epoch)]).permutation(count) if shuffle
-                     else np.arange(count))
-            picked[epochs == epoch] = order[within[epochs == epoch]]
+    def fetch(t: int, global_rows: np.ndarray) -> Batch:
+        _, picked = epochs.locate(global_rows)
         return {k: v[picked] for k, v in rows.items()}
 
-    return grain.MapDataset.range(sys.maxsize).map(batch)
+    return endless_batches(fetch, global_batch, process_index, process_count)
 
 
 @dataclasses.dataclass
-class TaskData:
-    """Same interface as gptjax.data.Data: .train (checkpointable), .val_batches, .vocab_size."""
+class TaskData(BatchData):
+    """Rows of fine-tuning examples; a gptjax.data.Data."""
 
-    tokenizer: Any
-    train: grain.DatasetIterator
-    val_dataset: grain.MapDataset
     train_examples: int
     val_examples: int
 
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
 
-    def val_batches(self, num_batches: int) -> Iterator[dict[str, np.ndarray]]:
-        return iter(self.val_dataset[:num_batches].to_iter_dataset())
-
-
-def build_task_data(config: Config, tokenizer, *, process_index: int = 0,
-                    process_count: int = 1) -> TaskData:
-    """Rows of data.text_file's examples (validation: data.val_text_file, else the last
-    data.val_fraction of them), tokenized by `tokenizer`, or by the one data.tokenizer names."""
-    from gptjax.data.datasets import _paths
-    from gptjax.data.tokens import make_tokenizer
-
+def build_task_data(config: Config, tokenizer, process_index: int,
+                    process_count: int) -> TaskData:
+    """The registry's 'task': rows of data.text_file's examples (validation: data.val_text_file,
+    else the last data.val_fraction of them), tokenized by `tokenizer`, or by the one
+    data.tokenizer names."""
     data = config.data
     task_format(data.task)  # an unknown format fails before any file is read
     if not data.text_file:
         raise ConfigError("data.dataset='task' needs data.text_file: the JSON-lines file(s) of "
                           f"the examples (--config.data.text_file=PATH; formats: {list(TASKS)})")
-    train = read_examples(_paths(data.text_file), data.task)
+    train = read_examples(file_paths(data.text_file), data.task)
     if data.val_text_file:
-        val = read_examples(_paths(data.val_text_file), data.task)
+        val = read_examples(file_paths(data.val_text_file), data.task)
     else:
         n_val = int(round(len(train) * data.val_fraction))
         if n_val < 1 or n_val >= len(train):
@@ -241,7 +224,7 @@ def build_task_data(config: Config, tokenizer, *, process_index: int = 0,
         corpus = None
         if data.tokenizer == "char":  # every character of the examples
             corpus = "".join(text for ex in train + val for text, _ in ex)
-        tokenizer = make_tokenizer(data.tokenizer, corpus)
+        tokenizer = Tokenizer.from_name(data.tokenizer, corpus=corpus)
     train_rows = to_rows(train, tokenizer, data.seq_len, "data.text_file")
     val_rows = to_rows(val, tokenizer, data.seq_len, "validation examples")
     seed = config.train.seed % 2**32
@@ -250,5 +233,5 @@ def build_task_data(config: Config, tokenizer, *, process_index: int = 0,
     val_ds = _batches(val_rows, 0, data.batch_size, process_index, process_count, False)
     logging.info("task %r: %d training and %d validation examples", data.task,
                  len(train_rows["inputs"]), len(val_rows["inputs"]))
-    return TaskData(tokenizer, iter(train_ds.to_iter_dataset()), val_ds,
-                    len(train_rows["inputs"]), len(val_rows["inputs"]))
+    return TaskData(tokenizer, iter(train_ds.to_iter_dataset(READ_OPTIONS)), val_ds,
+                    tokenizer.vocab_size, len(train_rows["inputs"]), len(val_rows["inputs"]))

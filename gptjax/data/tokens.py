@@ -17,13 +17,6 @@ from gptjax.data.datasets import Corpus
 ENCODE_GROUP = 1024  # documents per encode_batch call when tokenizing many small documents
 
 
-def make_tokenizer(name: str, corpus: str | None):
-    """`Tokenizer.from_name`, imported late (it loads the `tokenizers` library)."""
-    from gptjax.tokenizers import Tokenizer
-
-    return Tokenizer.from_name(name, corpus=corpus)
-
-
 def _fingerprint(tokenizer) -> str:
     """A hash of the tokenizer's saved files: the token cache is valid for exactly this one."""
     digest = hashlib.sha256()

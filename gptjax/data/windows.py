@@ -13,10 +13,10 @@ The permutation is numpy's, one per epoch for a whole batch at once: grain's per
 
 from __future__ import annotations
 
-import sys
-
 import grain
 import numpy as np
+
+from gptjax.data.base import Batch, Epochs, endless_batches
 
 
 def window_count(num_tokens: int, seq_len: int, phased: bool) -> int:
@@ -31,34 +31,17 @@ class Windows:
     def __init__(self, tokens: np.ndarray, seq_len: int, *, seed: int, shuffle: bool,
                  phased: bool):
         self.tokens = np.asarray(tokens)  # a memmap's plain view: slicing a memmap is slow
-        self.seq_len, self.seed, self.shuffle = seq_len, seed, shuffle
+        self.seq_len = seq_len
         self.count = window_count(len(tokens), seq_len, phased)
         # Phases that keep every window of an epoch inside the stream: [0, slack].
         self.slack = min(seq_len - 1, len(tokens) - 1 - self.count * seq_len) if phased else 0
+        self.epochs = Epochs(self.count, seed=seed, shuffle=shuffle, slack=self.slack)
         self._offsets = np.arange(seq_len + 1)
-        self._epochs: dict[int, tuple[int, np.ndarray | None]] = {}
-
-    def _epoch(self, epoch: int) -> tuple[int, np.ndarray | None]:
-        """(phase, order of the windows) of `epoch`; a batch spans at most a few epochs."""
-        if epoch not in self._epochs:
-            if len(self._epochs) >= 4:
-                self._epochs.pop(next(iter(self._epochs)))
-            rng = np.random.default_rng([self.seed, epoch])
-            phase = int(rng.integers(self.slack + 1)) if self.slack > 0 else 0
-            order = rng.permutation(self.count) if self.shuffle else None
-            self._epochs[epoch] = (phase, order)
-        return self._epochs[epoch]
 
     def starts(self, rows: np.ndarray) -> np.ndarray:
         """The first token of each row (global row indices)."""
-        epochs, within = np.divmod(np.asarray(rows, np.int64), self.count)
-        starts = np.empty_like(within)
-        for epoch in np.unique(epochs):
-            phase, order = self._epoch(int(epoch))
-            mine = epochs == epoch
-            windows = order[within[mine]] if order is not None else within[mine]
-            starts[mine] = phase + windows * self.seq_len
-        return starts
+        phases, windows = self.epochs.locate(rows)
+        return phases + windows * self.seq_len
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """[len(rows), seq_len + 1] tokens."""
@@ -69,15 +52,12 @@ def host_batches(windows: Windows, global_batch: int, process_index: int,
                  process_count: int) -> grain.MapDataset:
     """Endless MapDataset of this process's {'inputs', 'targets'}: int32 [local, seq_len].
 
-    Batch t holds rows t * global_batch + process_index * local + [0, local) of `windows`, so
-    the processes' batches, concatenated in process order, are the single-process batch.
+    Batch t holds this process's rows of global batch t (gptjax.data.base.host_rows), so the
+    processes' batches, concatenated in process order, are the single-process batch.
     """
-    local = global_batch // process_count
-    first = process_index * local + np.arange(local)
+    def batch(t: int, rows: np.ndarray) -> Batch:
+        tokens = windows.rows(rows).astype(np.int32)
+        return {"inputs": np.ascontiguousarray(tokens[:, :-1]),
+                "targets": np.ascontiguousarray(tokens[:, 1:])}
 
-    def batch(t: int) -> dict[str, np.ndarray]:
-        rows = windows.rows(t * global_batch + first).astype(np.int32)
-        return {"inputs": np.ascontiguousarray(rows[:, :-1]),
-                "targets": np.ascontiguousarray(rows[:, 1:])}
-
-    return grain.MapDataset.range(sys.maxsize).map(batch)
+    return endless_batches(batch, global_batch, process_index, process_count)
