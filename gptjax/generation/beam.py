@@ -46,6 +46,8 @@ class _Search:
     key: jax.Array
     values: dict
     num_pad: jax.Array  # [batch * k] padding slots of each cache row
+    slots: jax.Array  # [cache_len] 0, 1, ...
+    top_mask: jax.Array  # [width] the first k continuations
 
     @property
     def k(self) -> int:
@@ -53,8 +55,7 @@ class _Search:
 
     @property
     def width(self) -> int:
-        """Continuations kept per step: enough that k stay unfinished after num_eos eos hits."""
-        return max(2, 1 + self.spec.num_eos) * self.k
+        return self.top_mask.shape[0]
 
 
 def beam_search_loop(graphdef, params, prompt, valid, start, max_slot, eos_ids, pad_id, key,
@@ -64,9 +65,12 @@ def beam_search_loop(graphdef, params, prompt, valid, start, max_slot, eos_ids, 
     TRACES[spec.strategy] += 1
     batch, p = prompt.shape
     logits, cache, kv_valid, num_pad = _prefill_beams(graphdef, params, prompt, valid, spec)
+    k = spec.num_beams
+    rows = batch * k
+    width = max(2, 1 + spec.num_eos) * k  # continuations kept per step
     search = _Search(spec=spec, batch=batch, p=p, start=start, max_slot=max_slot,
-                     eos_ids=eos_ids, key=key, values=values, num_pad=num_pad)
-    rows = batch * search.k
+                     eos_ids=eos_ids, key=key, values=values, num_pad=num_pad,
+                     slots=jnp.arange(spec.cache_len), top_mask=jnp.arange(width) < k)
 
     def body(carry):
         s, logits, cache, rows_of = carry
@@ -80,11 +84,10 @@ def beam_search_loop(graphdef, params, prompt, valid, start, max_slot, eos_ids, 
         # The last iteration's forward is wasted (one step in N) but keeps a single copy of
         # `_step` in the program, which halves compile time; skipping it with a lax.cond would
         # make XLA copy the whole KV cache on every step.
-        logits = jnp.take_along_axis(logits.reshape(batch, search.k, -1), rows_of[:, :, None],
-                                     axis=1)
+        logits = jnp.take_along_axis(logits.reshape(batch, k, -1), rows_of[:, :, None], axis=1)
         return s, logits.reshape(rows, -1), cache, rows_of
 
-    identity = jnp.broadcast_to(jnp.arange(search.k, dtype=jnp.int32), (batch, search.k))
+    identity = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (batch, k))
     carry = (_initial_state(prompt, pad_id, spec), logits, cache, identity)
     state = jax.lax.while_loop(lambda c: ~c[0]["done"], body, carry)[0]
     return state["sequences"], state["lengths"]
@@ -154,7 +157,7 @@ def _scores(search: _Search, logits, s: dict):
     spec, values, cur = search.spec, search.values, s["cur"]
     length = spec.cache_len
     flat = s["running"].reshape(search.batch * search.k, length)
-    slots = jnp.arange(length)
+    slots = search.slots
     counted = (slots[None] >= search.num_pad[:, None]) & (slots[None] < cur)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     log_probs = process(spec.processors, log_probs, tokens=flat, start=search.start, cur=cur,
@@ -184,8 +187,7 @@ def _finalize(search: _Search, s: dict, top_lp, top_seq, hits, cur) -> dict:
     """f. the beam scorer: finished continuations among the first k may replace worse finished
     hypotheses. Returns the new sequences, scores, lengths and finished flags."""
     p, denom = search.p, search.values["length_denominators"]  # float32(n ** length_penalty)
-    top_mask = jnp.arange(search.width) < search.k
-    just_finished = hits & top_mask[None]
+    just_finished = hits & search.top_mask[None]
     fin_lp = top_lp / denom[cur + 1 - p]
     full = jnp.all(s["finished"], axis=-1, keepdims=True) & search.values["early_stopping_true"]
     fin_lp = fin_lp + full.astype(jnp.float32) * -BIG
