@@ -15,7 +15,7 @@ from flax import nnx
 
 from gptjax import GPT, ModelConfig
 from gptjax import generation
-from gptjax.generation import GenerationError, generate
+from gptjax.generation import GenerationError, api, generate
 from gptjax.model import apply, split
 
 from conftest import GOLDEN
@@ -81,13 +81,13 @@ def test_decode_loop_never_copies_the_kv_cache(gpt2, monkeypatch, num_beams):
     import re
 
     captured = {}
-    run = generation._run
+    run = api._run
 
     def spy(*args, **kwargs):
         captured["call"] = (args, kwargs)
         return run(*args, **kwargs)
 
-    monkeypatch.setattr(generation, "_run", spy)
+    monkeypatch.setattr(api, "_run", spy)
     generate(gpt2, PROMPT, max_length=50, num_beams=num_beams, eos_token_id=None)
     args, kwargs = captured["call"]
     hlo = run.lower(*args, **kwargs).compile().as_text()

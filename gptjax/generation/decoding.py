@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.experimental import io_callback
 
-from gptjax.generation import processors as procs
+from gptjax.generation.processors import Processors, process, warp
 
 # How many times each decoding program was traced (== compiled, in-process); tests read it.
 TRACES: collections.Counter = collections.Counter()
@@ -32,7 +32,7 @@ class Spec:
     beam_sample: bool = False  # beam search samples its continuations (greedy/sampling: traced)
     num_beams: int = 1
     num_eos: int = 1  # length of the eos id array (padded with -1, which matches nothing)
-    processors: procs.Processors = procs.Processors()
+    processors: Processors = Processors()
     stream: bool = False
 
 
@@ -98,12 +98,12 @@ def sample_loop(graphdef, params, prompt, valid, start, max_slot, eos_ids, pad_i
 
     def choose(logits, tokens, cur, unfinished):
         counted = (slots[None] >= num_pad[:, None]) & (slots[None] < cur)
-        scores = procs.process(spec.processors, logits, tokens=tokens, start=start, cur=cur,
-                               counted=counted, eos_ids=eos_ids, values=values)
+        scores = process(spec.processors, logits, tokens=tokens, start=start, cur=cur,
+                         counted=counted, eos_ids=eos_ids, values=values)
         nxt = jax.lax.cond(
             values["do_sample"],
             lambda: jax.random.categorical(jax.random.fold_in(key, cur),
-                                           procs.warp(scores, values), axis=-1),
+                                           warp(scores, values), axis=-1),
             lambda: jnp.argmax(scores, axis=-1))
         # Without an eos id (eos_ids == [-1]) every row stays unfinished and nothing is padded.
         nxt = jnp.where(unfinished, nxt.astype(jnp.int32), pad_id)

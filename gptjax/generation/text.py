@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from gptjax.generation.api import generate
 from gptjax.generation.config import GenerationError, model_defaults
 
 
@@ -29,8 +30,6 @@ def generate_text(model, tokenizer, prompts: Sequence[str], *, streamer=None,
     side by side): {'prompt': i, 'ids': prompt + new ids (no padding), 'text': the decoded ids,
     special tokens skipped, 'new_text': the continuation alone}.
     """
-    from gptjax.generation import generate
-
     if not prompts:
         raise GenerationError("no prompt given: pass --prompt TEXT or --prompt_file PATH")
     encoded = [tokenizer.encode(p) for p in prompts]
