@@ -17,7 +17,13 @@ import statistics
 import time
 from typing import Any, Callable
 
+from flax import nnx
+
 from gptjax.bench.train import machine, machine_line
+from gptjax.config import ModelConfig
+from gptjax.generation import generate
+from gptjax.interop import hf
+from gptjax.model import GPT
 
 CASES = {"greedy": dict(max_new_tokens=200, num_beams=1),
          "beam5": dict(max_new_tokens=50, num_beams=5)}
@@ -26,12 +32,8 @@ TARGETS = {"greedy": 1.6, "beam5": 2.0}  # issue 3: speed-up over Hugging Face t
 
 def gptjax_model(checkpoint: str | None = None, seed: int = 0):
     """A GPT-2 124M-shaped gptjax model: loaded from `checkpoint`, else randomly initialised."""
-    from flax import nnx
-
-    from gptjax import GPT, ModelConfig
-
     if checkpoint:
-        return GPT.from_pretrained(checkpoint)
+        return hf.from_pretrained(checkpoint)
     return GPT(ModelConfig(), rngs=nnx.Rngs(seed))
 
 
@@ -59,8 +61,6 @@ def run(prompt: list[int], *, checkpoint: str | None = None, repeats: int = 3,
         cases: dict[str, dict] | None = None, with_hf: bool = True,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure every case; returns {'machine', 'prompt_tokens', 'cases': {name: numbers}}."""
-    from gptjax.generation import generate
-
     cases = cases or CASES
     model = gptjax_model(checkpoint)
     hf = hf_model(checkpoint) if with_hf else None

@@ -30,15 +30,16 @@ import jax
 import numpy as np
 
 from gptjax.config import Config
+from gptjax.parallel import make_plan
+from gptjax.training.loop import train
+from gptjax.training.optim import make_optimizer
+from gptjax.training.state import graphdef_of, init_state
+from gptjax.training.steps import compile_train_step
 
 
 def step_throughput(cfg: Config, *, steps: int = 100, repeats: int = 3) -> dict[str, Any]:
     """ms/step and tokens/s of the compiled train step alone, laid out as the loop lays it out
     (gptjax.parallel's plan, state as leaves), on fixed random batches; first-step seconds."""
-    from gptjax.parallel import make_plan
-    from gptjax.training import graphdef_of, init_state, make_optimizer
-    from gptjax.training.steps import compile_train_step
-
     if not cfg.model.vocab_size:
         raise ValueError("step_throughput needs a resolved model.vocab_size")
     plan = make_plan(cfg)
@@ -78,8 +79,6 @@ def step_throughput(cfg: Config, *, steps: int = 100, repeats: int = 3) -> dict[
 
 def loop_throughput(config, *, steps: int = 300, window: int = 50) -> dict[str, Any]:
     """The training loop itself for `steps` steps (no evaluation): tokens/s per logging window."""
-    from gptjax.training import train
-
     cfg = Config.from_dict(config)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, num_steps=steps, log_every=window, eval_every=10 * steps,
