@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from gptjax.model import positions
+
 _UNSET = object()
 
 
@@ -266,13 +268,13 @@ def resolve_lengths(config: GenerationConfig, prompt_len: int, model_cfg) -> tup
             raise GenerationError(
                 f"the prompt has {prompt_len} tokens, already at or past max_length={max_length} "
                 "(which counts the prompt); raise max_length or set max_new_tokens")
-    if model_cfg.position == "learned" and max_length > model_cfg.max_len:
-        where = ("the prompt alone" if prompt_len >= model_cfg.max_len else
+    limit = positions.get(model_cfg.position).max_positions(model_cfg)
+    if limit is not None and max_length > limit:
+        where = ("the prompt alone" if prompt_len >= limit else
                  f"the prompt ({prompt_len} tokens) plus the new tokens")
         raise GenerationError(
-            f"{where} would need {max_length} positions but the model has "
-            f"{model_cfg.max_len} (model.max_len); shorten the prompt or lower "
-            "max_length / max_new_tokens")
+            f"{where} would need {max_length} positions but the model has {limit} "
+            "(model.max_len); shorten the prompt or lower max_length / max_new_tokens")
     if config.min_new_tokens is not None:
         min_length = prompt_len + config.min_new_tokens
     else:
