@@ -29,7 +29,7 @@ TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n
 CHILD = """
 import json, sys, time
 from gptjax.training.loop import train
-def hold(step, row):
+def hold(step, row, run):
     if step == 10:
         time.sleep(600)
 train(json.loads(sys.argv[1]), sys.argv[2], callbacks=[hold])
