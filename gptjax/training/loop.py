@@ -102,7 +102,6 @@ def set_up(cfg: Config, data=None):
     return resolve_vocab(cfg, data.vocab_size), data
 
 
-
 # --- the run ------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
