@@ -14,7 +14,7 @@ from gptjax.config import Config, ConfigError, OptimConfig
 from gptjax.training import (SCHEDULES, cross_entropy, decay_mask, graphdef_of, init_state,
                              make_optimizer, make_schedule, train_step_fn)
 from gptjax.training import metrics
-from gptjax.training.loop import check_batch, resolve_vocab
+from gptjax.training.loop import check_batch, every, fit_sample, resolve_vocab
 
 
 def tiny(**optim) -> Config:
@@ -182,6 +182,52 @@ def test_peak_flops_table():
     assert metrics.peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
     assert metrics.peak_flops("cpu") is None
     assert metrics.peak_flops("cpu", 1.8e11) == 1.8e11
+
+
+def test_window_row_averages_whatever_the_step_returns():
+    window = [{"grad_norm": 1.0, "loss": 2.0, "lr": 0.1, "new_metric": 4.0},
+              {"grad_norm": 3.0, "loss": 4.0, "lr": 0.2, "new_metric": 8.0}]
+    row = metrics.window_row(window)
+    # loss under metrics.jsonl's name, lr the window's last value, a new metric by itself
+    assert row == {"train_loss": 3.0, "lr": 0.2, "grad_norm": 2.0, "new_metric": 6.0}
+    assert list(row)[:2] == ["train_loss", "lr"]  # the columns metrics.jsonl always led with
+
+
+def test_meter_keeps_the_first_step_and_pauses_out_of_tokens_per_sec():
+    import time
+
+    meter = metrics.Meter(tokens_per_step=100)
+    time.sleep(0.2)  # "compilation": counted in the first step, not in the window
+    assert meter.first({"loss": np.float32(1.0), "lr": np.float32(0.1)}) >= 0.2
+    meter.add({"loss": np.float32(3.0), "lr": np.float32(0.2)})
+    meter.pause([])
+    time.sleep(0.2)  # an evaluation: out of the window
+    meter.resume()
+    row = meter.read()
+    assert row["train_loss"] == 2.0 and row["lr"] == np.float32(0.2)
+    assert row["ms_per_step"] < 150  # one step, neither sleep counted
+    assert row["tokens_per_sec"] == pytest.approx(1e5 / row["ms_per_step"])
+    assert "mfu" not in row  # no peak FLOP/s known
+
+
+def test_actions_are_due_every_n_steps_and_at_the_last():
+    due = every(10, 0)
+    assert [s for s in range(1, 26) if due(s, s == 25)] == [10, 20, 25]
+    due = every(10, 4)  # evaluations and the extra samples of train.sample_every
+    assert [s for s in range(1, 21) if due(s, False)] == [4, 8, 10, 12, 16, 20]
+
+
+def test_fit_sample_keeps_prompt_and_sample_within_learned_positions():
+    learned = tiny().model  # max_len=16
+    s = fit_sample([1, 2, 3], 5, learned)  # fits: unchanged
+    assert (s.prompt, s.num_tokens) == ((1, 2, 3), 5)
+    s = fit_sample([1, 2, 3], 40, learned)  # the sample is shortened
+    assert (s.prompt, s.num_tokens) == ((1, 2, 3), 13)
+    s = fit_sample(list(range(30)), 40, learned)  # the prompt fills them: its last tokens
+    assert (s.prompt, s.num_tokens) == (tuple(range(15, 30)), 1)
+    assert fit_sample([], 4, learned).prompt == (0,)  # an empty prompt: token 0
+    rope = dataclasses.replace(learned, position="rope")
+    assert fit_sample([1, 2, 3], 40, rope).num_tokens == 40  # no table of positions to leave
 
 
 # --- the loop's checks ------------------------------------------------------------------------

@@ -29,7 +29,7 @@ TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n
 CHILD = """
 import json, sys, time
 from gptjax.training.loop import train
-def hold(step, row):
+def hold(step, row, run):
     if step == 10:
         time.sleep(600)
 train(json.loads(sys.argv[1]), sys.argv[2], callbacks=[hold])
@@ -185,3 +185,36 @@ def test_sinusoidal_positions_learn_as_fast_as_learned_ones(tmp_path):
                                      log_every=10))
         losses[position] = train(cfg, tmp_path / position)["val_loss"]
     assert losses["sinusoidal"] < losses["learned"] + 0.15, losses
+
+
+def test_samples_come_from_generation_within_max_len_and_callbacks_see_the_state(
+        tmp_path, caplog):
+    """A prompt + sample longer than the learned positions is shortened to fit (with a warning),
+    sampled by gptjax.generation; callbacks get (step, row, run) with the state after the step."""
+    from flax import nnx
+
+    from gptjax import generation
+
+    prompt = "First "
+    cfg = tiny_config(tmp_path, model=dict(dropout=0.0),
+                      train=dict(num_steps=2, eval_every=2, eval_steps=1, checkpoint_every=2,
+                                 sample_tokens=40, sample_every=1, sample_prompt=prompt))
+    seen = {}
+
+    def check(step, row, run):
+        seen[step] = (int(run.state.step), dict(row))
+        if step == 2:  # the loop's sample of this step, redone by hand
+            ids = run.data.tokenizer.encode(prompt)
+            out = generation.generate(nnx.merge(run.graphdef, run.state.params), [ids],
+                                      max_new_tokens=32 - len(ids), do_sample=True,
+                                      temperature=0.8, top_k=200, seed=run.cfg.train.seed + 2)
+            seen["expected"] = run.data.tokenizer.decode(out[0, len(ids):].tolist())
+
+    with caplog.at_level("WARNING"):
+        final = train(cfg, tmp_path / "run", callbacks=[check])
+    assert "exceed the model's 32 learned positions" in caplog.text
+    assert len(final["sample"]) == 32 - len(prompt)  # char tokenizer: one character a token
+    assert set(final["sample"]) <= set(TEXT)
+    assert final["sample"] == seen["expected"]
+    assert seen[1][0] == 1 and seen[2][0] == 2  # the state after each step
+    assert seen[2][1]["val_loss"] == final["val_loss"]  # the row metrics.jsonl got

@@ -6,8 +6,7 @@
 
 from gptjax.training.optim import SCHEDULES, decay_mask, make_optimizer, make_schedule
 from gptjax.training.state import TrainState, graphdef_of, init_state
-from gptjax.training.steps import (cross_entropy, eval_step_fn, loss_fn, make_eval_step,
-                                   make_train_step, train_step_fn)
+from gptjax.training.steps import cross_entropy, eval_step_fn, train_step_fn
 
 
 def __getattr__(name):
@@ -20,5 +19,5 @@ def __getattr__(name):
 
 
 __all__ = ["SCHEDULES", "TrainState", "cross_entropy", "decay_mask", "eval_step_fn",
-           "graphdef_of", "init_state", "loss_fn", "make_eval_step", "make_optimizer",
-           "make_schedule", "make_train_step", "train", "train_step_fn"]
+           "graphdef_of", "init_state", "make_optimizer", "make_schedule", "train",
+           "train_step_fn"]

@@ -2,6 +2,10 @@
 progress bar, logs, metrics.jsonl/TensorBoard, text samples and orbax checkpoints; the steps it
 calls are pure.
 
+The story: `start_run` sets everything up and returns a `Run`; the step loop runs the train step
+and then each periodic `Action` that is due (log, evaluate, sample, record the row, checkpoint);
+callbacks see (step, row, run) after every step, the state included (`run.state`).
+
     workdir/config.json       the resolved config (vocab size filled in from the tokenizer)
     workdir/tokenizer/        the run's tokenizer (Tokenizer.from_pretrained reads it)
     workdir/metrics.jsonl     one JSON object per logged/evaluated step
@@ -23,10 +27,14 @@ from typing import Any, Callable, Iterable, Mapping
 import jax
 import numpy as np
 from absl import logging
+from flax import nnx
 from tqdm import tqdm
 
-from gptjax.config import Config, ConfigError
+from gptjax import generation
+from gptjax.config import Config, ConfigError, ModelConfig
+from gptjax.data import build_data
 from gptjax.model import check_config as check_model
+from gptjax.model import positions
 from gptjax.model.kernels import check_available
 from gptjax.parallel import make_plan, vocab_shards
 from gptjax.training import checkpoint as ckpt_lib
@@ -34,11 +42,11 @@ from gptjax.training import host, pretrained
 from gptjax.training import metrics as metrics_lib
 from gptjax.training import optim
 from gptjax.training.optim import make_optimizer
-from gptjax.training.sample import sample_text
-from gptjax.training.state import graphdef_of, init_state, state_from_params
+from gptjax.training.state import TrainState, graphdef_of, init_state, state_from_params
 from gptjax.training.steps import compile_train_step, eval_step_fn
 
-Callback = Callable[[int, Mapping[str, Any]], None]  # (step, logged metrics or {}) -> None
+SAMPLE_TEMPERATURE = 0.8  # nanoGPT's sample.py defaults
+SAMPLE_TOP_K = 200
 
 
 def resolve_vocab(config: Config, tokenizer_vocab: int, vocab_shards: int = 1) -> Config:
@@ -99,8 +107,6 @@ def set_up(cfg: Config, data=None):
     """The start-up every run shares: (cfg with its vocabulary resolved, data). Sets the CPU
     devices before anything starts JAX, checks the kernel runs on this machine, then builds the
     data (when not given) from config.data."""
-    from gptjax.data import build_data  # late: TFDS is a slow import
-
     # Before anything starts JAX (build_data asks for the process index).
     host.use_cpu_devices(cfg.mesh.cpu_devices, cfg.data.batch_size // cfg.optim.grad_accum)
     cfg = pretrained.adopt(cfg)  # fine-tuning: the source's architecture and tokenizer
@@ -115,194 +121,296 @@ def set_up(cfg: Config, data=None):
     return resolve_vocab(cfg, data.vocab_size, shards), data
 
 
-def train(config, workdir: str | os.PathLike, *, data=None,
-          callbacks: Iterable[Callback] = ()) -> dict[str, Any]:
-    """Train (or resume) the run in `workdir`; return the final metrics.
+# --- the run ------------------------------------------------------------------------------------
 
-    config: an ml_collections ConfigDict, a dict or a Config. data: a gptjax.data.Data, built
-    from config.data when None. callbacks run after every step (e.g. early stopping via an
-    exception). Every bad input raises before anything is compiled or written.
-    """
+@dataclasses.dataclass
+class Run:
+    """A run once set up: what the step loop, its actions and callbacks read and write."""
+
+    cfg: Config
+    workdir: pathlib.Path
+    plan: Any  # gptjax.parallel.Plan: how state and batches lie on the devices
+    data: Any  # gptjax.data.Data
+    graphdef: Any  # the model's static structure
+    train_step: Callable  # (leaves, batch) -> (leaves, metrics); the leaves are donated
+    eval_step: Callable  # (params, batch) -> {'loss', 'accuracy'}
+    treedef: Any  # the TrainState's structure, to rebuild it from `leaves`
+    leaves: list  # the state as a flat list of arrays: what the hot loop carries
+    start: int  # the step this process started (or resumed) from
+    checkpoints: ckpt_lib.Checkpoints
+    writer: metrics_lib.MetricWriter
+    meter: metrics_lib.Meter
+    pbar: Any  # tqdm progress bar
+    sampling: Sampling | None  # None: no text samples
+    final: dict = dataclasses.field(default_factory=dict)  # what train() returns
+
+    @property
+    def state(self) -> TrainState:
+        """The current TrainState (rebuilt from the leaves; donated by the next step)."""
+        return jax.tree.unflatten(self.treedef, self.leaves)
+
+    def close(self) -> None:
+        self.pbar.close()
+        self.checkpoints.close()  # waits for async saves: a finished save is never half-written
+        self.writer.close()
+
+
+Callback = Callable[[int, Mapping[str, Any], Run], None]  # (step, row or {}, run) -> None
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """The text samples' prompt ids and length, fitted to the model's positions."""
+
+    prompt: tuple[int, ...]
+    num_tokens: int
+
+
+def fit_sample(prompt: list[int], num_tokens: int, model: ModelConfig) -> Sampling:
+    """Keep prompt + sample within the positions the model has (learned: model.max_len):
+    the sample is shortened, and the prompt (its last tokens kept) only if it alone fills them."""
+    prompt = list(prompt) or [0]
+    limit = positions.get(model.position).max_positions(model)
+    if limit is None or len(prompt) + num_tokens <= limit:
+        return Sampling(tuple(prompt), num_tokens)
+    fitted = prompt[-(limit - 1):] if limit > 1 else prompt[-1:]
+    fitted_tokens = max(1, min(num_tokens, limit - len(fitted)))
+    logging.warning("train.sample_prompt (%d tokens) + train.sample_tokens=%d exceed the model's "
+                    "%d positions (model.max_len): samples continue the prompt's last %d "
+                    "tokens with %d new ones", len(prompt), num_tokens, limit, len(fitted),
+                    fitted_tokens)
+    return Sampling(tuple(fitted), fitted_tokens)
+
+
+def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
+    """Everything before the first step: checks, devices, data, compiled steps, the state (fresh,
+    pretrained or resumed), the workdir's files. Bad input raises before anything is compiled."""
     _quiet_orbax()
     cfg = config if isinstance(config, Config) else Config.from_dict(config)
     workdir = pathlib.Path(workdir)
     cfg, data = set_up(cfg, data)
     # config.mesh -> devices: DP / FSDP / TP / pmap; mesh and model-vs-mesh errors raise here
     plan = make_plan(cfg, check_batch=False)
-    num_devices = jax.device_count()
     check_batch(cfg, plan.batch_shards)
     ckpt_dir = workdir / "checkpoints"
     start = ckpt_lib.latest_step(ckpt_dir)
     if start is not None:
         ckpt_lib.check_compatible(ckpt_lib.saved_config(ckpt_dir, start), cfg, str(workdir))
 
-    tcfg = cfg.train
-    tx, schedule = make_optimizer(cfg.optim, tcfg.num_steps)
+    tx, schedule = make_optimizer(cfg.optim, cfg.train.num_steps)
     graphdef = graphdef_of(cfg.model)
-    init = functools.partial(init_state, cfg.model, tx, tcfg.seed)
+    init = functools.partial(init_state, cfg.model, tx, cfg.train.seed)
     abstract = jax.eval_shape(init)
     state_sharding = plan.shardings(abstract)
     train_step = compile_train_step(cfg, plan, graphdef, tx, schedule, abstract, state_sharding)
-    treedef = jax.tree.structure(abstract)
     eval_step = plan.compile_eval(eval_step_fn(graphdef), abstract.params)
 
     is_main = jax.process_index() == 0
     if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        if hasattr(data.tokenizer, "save"):
-            data.tokenizer.save(workdir / "tokenizer")
-    checkpoints = ckpt_lib.Checkpoints(ckpt_dir, keep=tcfg.keep_checkpoints)
+        _write_workdir(workdir, cfg, data.tokenizer)
+    checkpoints = ckpt_lib.Checkpoints(ckpt_dir, keep=cfg.train.keep_checkpoints)
     if start is None:
         start = 0
-        if tcfg.init_from:  # fine-tuning: the pretrained weights, fresh optimizer moments
-            logging.info("Starting %s from the weights of %s", workdir, tcfg.init_from)
-            params = pretrained.load_params(cfg, state_sharding.params)
-            state = jax.jit(functools.partial(state_from_params, tx=tx, seed=tcfg.seed),
-                            out_shardings=state_sharding)(params)
-        else:
-            state = plan.init(init)
+        state = _fresh_state(cfg, plan, tx, init, state_sharding, workdir)
     else:
         logging.info("Resuming %s from step %d", workdir, start)
-        state = checkpoints.restore(start, ckpt_lib.abstract_with_sharding(abstract,
-                                                                          state_sharding),
-                                    data.train)
+        target = ckpt_lib.abstract_with_sharding(abstract, state_sharding)
+        state = checkpoints.restore(start, target, data.train)
     writer = metrics_lib.MetricWriter(workdir, resume_step=start, enabled=is_main)
+    sampling = _sampling(cfg, data.tokenizer)
+    pbar = tqdm(total=cfg.train.num_steps, initial=start, disable=not is_main, desc="train",
+                dynamic_ncols=True)
+    return Run(cfg=cfg, workdir=workdir, plan=plan, data=data, graphdef=graphdef,
+               train_step=train_step, eval_step=eval_step, treedef=jax.tree.structure(abstract),
+               leaves=jax.tree.leaves(state), start=start, checkpoints=checkpoints,
+               writer=writer, meter=_meter(cfg, plan, abstract, workdir), pbar=pbar,
+               sampling=sampling, final={"step": start})
 
-    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+
+def _write_workdir(workdir: pathlib.Path, cfg: Config, tokenizer) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if hasattr(tokenizer, "save"):
+        tokenizer.save(workdir / "tokenizer")
+
+
+def _fresh_state(cfg: Config, plan, tx, init, state_sharding, workdir) -> TrainState:
+    """Step 0: random weights, or (train.init_from, fine-tuning) pretrained ones; fresh
+    optimizer moments either way."""
+    if not cfg.train.init_from:
+        return plan.init(init)
+    logging.info("Starting %s from the weights of %s", workdir, cfg.train.init_from)
+    params = pretrained.load_params(cfg, state_sharding.params)
+    return jax.jit(functools.partial(state_from_params, tx=tx, seed=cfg.train.seed),
+                   out_shardings=state_sharding)(params)
+
+
+def _sampling(cfg: Config, tokenizer) -> Sampling | None:
+    if not cfg.train.sample_tokens:
+        return None
+    try:
+        prompt = tokenizer.encode(cfg.train.sample_prompt)
+    except Exception as e:  # a sample is a report, never a reason to lose a run
+        logging.warning("train.sample_prompt %r does not encode (%r): no text samples",
+                        cfg.train.sample_prompt, e)
+        return None
+    return fit_sample(prompt, cfg.train.sample_tokens, cfg.model)
+
+
+def _meter(cfg: Config, plan, abstract, workdir) -> metrics_lib.Meter:
+    """The logging windows' meter (tokens/s, MFU), after logging the run's size and devices."""
     n_matmul = metrics_lib.matmul_params(abstract.params, cfg.model)
     flops_per_token = metrics_lib.flops_per_token(n_matmul, cfg.model, cfg.data.seq_len)
-    peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, tcfg.peak_flops)
+    peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, cfg.train.peak_flops)
     logging.info("%s: %s", workdir, plan)
     logging.info("%s: %d devices (%s), %.2fM params (%.2fM in matmuls), %.3g FLOPs/token%s",
-                 workdir, num_devices, jax.devices()[0].device_kind,
+                 workdir, jax.device_count(), jax.devices()[0].device_kind,
                  sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params)) / 1e6,
                  n_matmul / 1e6, flops_per_token,
                  f", peak {peak:.3g} FLOP/s per device" if peak else ", MFU not reported "
                  "(unknown chip; set train.peak_flops)")
+    return metrics_lib.Meter(cfg.data.batch_size * cfg.data.seq_len, flops_per_token,
+                             peak * jax.device_count() if peak else None)
 
-    def evaluate(params) -> dict[str, float]:
-        ms = []
-        for b in data.val_batches(tcfg.eval_steps):
-            ms.append(eval_step(params, plan.put_batch(b)))
-            if len(ms) > 1:
-                jax.block_until_ready(ms[-2])  # one batch ahead at most, as in training
-        ms = jax.device_get(ms)
-        loss = float(np.mean([m["loss"] for m in ms]))
-        return {"val_loss": loss, "val_perplexity": float(math.exp(min(loss, 80.0))),
-                "val_accuracy": float(np.mean([m["accuracy"] for m in ms]))}
 
-    def sample(params, step: int) -> str | None:
-        if not tcfg.sample_tokens:
-            return None
-        try:
-            prompt = data.tokenizer.encode(tcfg.sample_prompt) or [0]
-            text = sample_text(graphdef, params, data.tokenizer, prompt, tcfg.sample_tokens,
-                               window=min(cfg.model.max_len, cfg.data.seq_len),
-                               seed=tcfg.seed + step)
-        except Exception as e:  # a sample is a report, never a reason to lose a run
-            logging.warning("step %d: text sample failed: %r", step, e)
-            return None
-        logging.info("step %d sample:\n%s%s", step, tcfg.sample_prompt, text)
-        writer.write_text(step, "sample", tcfg.sample_prompt + text)
-        return text
+# --- the loop -----------------------------------------------------------------------------------
 
-    final: dict[str, Any] = {"step": start}
-    pbar = tqdm(total=tcfg.num_steps, initial=start, disable=not is_main, desc="train",
-                dynamic_ncols=True)
-    pending: list = []  # device metrics since the last log line
-    window_steps, window_time, t0 = 0, 0.0, time.perf_counter()
-    leaves = jax.tree.leaves(state)  # the hot loop carries the state as a flat list of arrays
+def train(config, workdir: str | os.PathLike, *, data=None,
+          callbacks: Iterable[Callback] = ()) -> dict[str, Any]:
+    """Train (or resume) the run in `workdir`; return the final metrics (the last row's values,
+    'step', 'first_step_seconds', 'sample').
 
-    def current():
-        return state if state is not None else jax.tree.unflatten(treedef, leaves)
-
+    config: an ml_collections ConfigDict, a dict or a Config. data: a gptjax.data.Data, built
+    from config.data when None. callbacks: callback(step, row, run) after every step (row: what
+    metrics.jsonl got, or {}; run.state: the state), e.g. early stopping by an exception. Every
+    bad input raises before anything is compiled or written.
+    """
+    run = start_run(config, workdir, data)
     try:
-        if start >= tcfg.num_steps:
-            logging.info("%s is already at step %d >= train.num_steps", workdir, start)
-            final.update(evaluate(state.params))
-        for step in range(start + 1, tcfg.num_steps + 1):  # step: the count after this update
-            batch = plan.put_batch(next(data.train))
-            leaves, m = train_step(leaves, batch)
-            state = None  # its arrays were donated to the step
-            if pending:
-                # Run at most one step ahead of the device: the next step is queued already, and
-                # a host far ahead queues dozens of multi-device programs, on which XLA's CPU
-                # runtime can deadlock (an all-reduce waiting for a device that never starts).
-                jax.block_until_ready(pending[-1])
-            pending.append(m)
-            if step == start + 1:  # the first step compiles: keep it out of tokens/s
-                jax.block_until_ready(m)
-                final["first_step_seconds"] = time.perf_counter() - t0
-                logging.info("first step (compile + run): %.1f s", final["first_step_seconds"])
-                pending, t0 = [m], time.perf_counter()
-                window_steps = 0
-            else:
-                window_steps += 1
-            pbar.update(1)
-            row: dict[str, Any] = {}
-            last = step == tcfg.num_steps
-            if step % tcfg.log_every == 0 or last:
-                ms = jax.device_get(pending)
-                window_time += time.perf_counter() - t0
-                row["train_loss"] = float(np.mean([x["loss"] for x in ms]))
-                row["lr"] = float(ms[-1]["lr"])
-                row["grad_norm"] = float(np.mean([x["grad_norm"] for x in ms]))
-                if "z_loss" in ms[-1]:
-                    row["z_loss"] = float(np.mean([x["z_loss"] for x in ms]))
-                if window_steps and window_time > 0:
-                    row["tokens_per_sec"] = window_steps * tokens_per_step / window_time
-                    row["ms_per_step"] = 1e3 * window_time / window_steps
-                    if peak:
-                        row["mfu"] = (row["tokens_per_sec"] * flops_per_token
-                                      / (peak * num_devices))
-                pending, window_steps, window_time = [], 0, 0.0
-                logging.info("step %d | loss %.4f | lr %.3e | grad norm %.3f%s%s", step,
-                             row["train_loss"], row["lr"], row["grad_norm"],
-                             f" | {row['tokens_per_sec']:,.0f} tok/s" if "tokens_per_sec" in row
-                             else "", f" | MFU {100 * row['mfu']:.1f}%" if "mfu" in row else "")
-                pbar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
-                t0 = time.perf_counter()
-            paused = False
-            if step % tcfg.eval_every == 0 or last:
-                window_time += _pause(t0, leaves)
-                paused = True
-                state = current()
-                row.update(evaluate(state.params))
-                logging.info("step %d | val loss %.4f | val perplexity %.2f", step,
-                             row["val_loss"], row["val_perplexity"])
-                text = sample(state.params, step)
-                if text is not None:
-                    final["sample"] = text
-            elif tcfg.sample_every and step % tcfg.sample_every == 0:
-                window_time += _pause(t0, leaves)
-                paused = True
-                state = current()
-                text = sample(state.params, step)
-                if text is not None:
-                    final["sample"] = text
-            if row:
-                row["time"] = time.time()  # wall clock (Unix seconds): time-to-loss across runs
-                writer.write(step, row)
-                final.update(row)
-                final["step"] = step
-            if step % tcfg.checkpoint_every == 0 or last:
-                if not paused:
-                    window_time += _pause(t0, leaves)
-                    paused = True
-                checkpoints.save(step, current(), data.train, cfg)
-            if paused:
-                t0 = time.perf_counter()
-            for callback in callbacks:
-                callback(step, row)
+        if run.start >= run.cfg.train.num_steps:
+            logging.info("%s is already at step %d >= train.num_steps", run.workdir, run.start)
+            run.final.update(evaluate(run))
+        run_steps(run, default_actions(run.cfg.train), callbacks)
     finally:
-        pbar.close()
-        checkpoints.close()  # waits for async saves: a finished save is never left half-written
-        writer.close()
-    return final
+        run.close()
+    return run.final
 
 
-def _pause(t0: float, leaves) -> float:
-    """Training time since t0, counted once the dispatched steps have finished."""
-    jax.block_until_ready(leaves)
-    return time.perf_counter() - t0
+def run_steps(run: Run, actions: Iterable[Action], callbacks: Iterable[Callback] = ()) -> None:
+    """Steps run.start+1 .. train.num_steps, each followed by the actions that are due."""
+    num_steps = run.cfg.train.num_steps
+    for step in range(run.start + 1, num_steps + 1):  # step: the count after this update
+        run.leaves, metrics = run.train_step(run.leaves, run.plan.put_batch(next(run.data.train)))
+        if step == run.start + 1:  # the first step compiles: keep it out of tokens/s
+            run.final["first_step_seconds"] = run.meter.first(metrics)
+            logging.info("first step (compile + run): %.1f s", run.final["first_step_seconds"])
+        else:
+            run.meter.add(metrics)
+        run.pbar.update(1)
+        row: dict[str, Any] = {}
+        for action in actions:
+            if action.due(step, step == num_steps):
+                action.act(run, step, row)
+        run.meter.resume()  # after any pause an action took (evaluation, sample, checkpoint)
+        for callback in callbacks:
+            callback(step, row, run)
+
+
+# --- periodic work ------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    """Host work after a step: act(run, step, row) when due(step, last). `row` is the step's
+    metrics.jsonl row, filled by the actions before; one that needs the state calls
+    run.meter.pause(run.leaves) first, which keeps its time out of tokens/s."""
+
+    name: str
+    due: Callable[[int, bool], bool]
+    act: Callable[[Run, int, dict], None]
+
+
+def every(*periods: int) -> Callable[[int, bool], bool]:
+    """Due at the last step and every n steps for each n > 0 in periods."""
+    return lambda step, last: last or any(n > 0 and step % n == 0 for n in periods)
+
+
+def default_actions(tcfg) -> list[Action]:
+    """The periodic work of a run, in order: log, evaluate, sample, record, checkpoint."""
+    return [Action("log", every(tcfg.log_every), log_window),
+            Action("evaluate", every(tcfg.eval_every), evaluate_and_log),
+            Action("sample", every(tcfg.eval_every, tcfg.sample_every), sample_and_log),
+            Action("record", lambda step, last: True, record_row),
+            Action("checkpoint", every(tcfg.checkpoint_every), save_checkpoint)]
+
+
+def log_window(run: Run, step: int, row: dict) -> None:
+    """The logging window's averages and speed into the row, the log and the progress bar."""
+    row.update(run.meter.read())
+    logging.info("step %d | loss %.4f | lr %.3e | grad norm %.3f%s%s", step,
+                 row["train_loss"], row["lr"], row["grad_norm"],
+                 f" | {row['tokens_per_sec']:,.0f} tok/s" if "tokens_per_sec" in row else "",
+                 f" | MFU {100 * row['mfu']:.1f}%" if "mfu" in row else "")
+    run.pbar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
+
+
+def evaluate_and_log(run: Run, step: int, row: dict) -> None:
+    run.meter.pause(run.leaves)
+    row.update(evaluate(run))
+    logging.info("step %d | val loss %.4f | val perplexity %.2f", step, row["val_loss"],
+                 row["val_perplexity"])
+
+
+def evaluate(run: Run) -> dict[str, float]:
+    """val_loss, val_perplexity, val_accuracy of the current params over train.eval_steps
+    batches of the validation split."""
+    params = run.state.params
+    ms = []
+    for b in run.data.val_batches(run.cfg.train.eval_steps):
+        ms.append(run.eval_step(params, run.plan.put_batch(b)))
+        if len(ms) > 1:
+            jax.block_until_ready(ms[-2])  # one batch ahead at most, as in training
+    ms = jax.device_get(ms)
+    loss = float(np.mean([m["loss"] for m in ms]))
+    return {"val_loss": loss, "val_perplexity": float(math.exp(min(loss, 80.0))),
+            "val_accuracy": float(np.mean([m["accuracy"] for m in ms]))}
+
+
+def sample_and_log(run: Run, step: int, row: dict) -> None:
+    if run.sampling is None:
+        return
+    run.meter.pause(run.leaves)
+    try:
+        text = sample(run, seed=run.cfg.train.seed + step)
+    except Exception as e:  # a sample is a report, never a reason to lose a run
+        logging.warning("step %d: text sample failed: %r", step, e)
+        return
+    prompt = run.cfg.train.sample_prompt
+    logging.info("step %d sample:\n%s%s", step, prompt, text)
+    run.writer.write_text(step, "sample", prompt + text)
+    run.final["sample"] = text
+
+
+def sample(run: Run, *, seed: int) -> str:
+    """A sampled continuation of the sample prompt through gptjax.generation (KV cache), the
+    prompt excluded."""
+    prompt = np.asarray(run.sampling.prompt, np.int32)
+    model = nnx.merge(run.graphdef, run.state.params)
+    out = generation.generate(model, prompt[None], max_new_tokens=run.sampling.num_tokens,
+                              do_sample=True, temperature=SAMPLE_TEMPERATURE, top_k=SAMPLE_TOP_K,
+                              seed=seed)
+    return run.data.tokenizer.decode(np.asarray(out)[0, len(prompt):].tolist())
+
+
+def record_row(run: Run, step: int, row: dict) -> None:
+    """A non-empty row goes to metrics.jsonl/TensorBoard and into train()'s final metrics."""
+    if not row:
+        return
+    row["time"] = time.time()  # wall clock (Unix seconds): time-to-loss across runs
+    run.writer.write(step, row)
+    run.final.update(row)
+    run.final["step"] = step
+
+
+def save_checkpoint(run: Run, step: int, row: dict) -> None:
+    run.meter.pause(run.leaves)
+    run.checkpoints.save(step, run.state, run.data.train, run.cfg)

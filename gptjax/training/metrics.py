@@ -1,5 +1,5 @@
-"""What a run reports: FLOPs per token, MFU against a table of chips, and a writer for
-metrics.jsonl + TensorBoard events."""
+"""What a run reports: FLOPs per token, MFU against a table of chips, a Meter that averages and
+times a logging window, and a writer for metrics.jsonl + TensorBoard events."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import json
 import math
 import os
 import pathlib
-from typing import Mapping
+import time
+from typing import Any, Mapping
 
 import jax
+import numpy as np
 from absl import logging
 
 from gptjax.config import ModelConfig
@@ -61,6 +63,79 @@ def flops_per_token(n_matmul_params: int, cfg: ModelConfig, seq_len: int) -> flo
     score matrix (causal masking is not discounted, as in both references).
     """
     return 6 * n_matmul_params + 12 * cfg.num_layers * cfg.d_model * seq_len
+
+
+# How the train step's metrics enter metrics.jsonl: every one is averaged over the logging window
+# under its own name, except these. The columns lead with loss and lr, as they always have.
+ROW_NAMES = {"loss": "train_loss"}
+LAST_VALUE = frozenset({"lr"})  # a schedule's value: the window's last, not its mean
+FIRST_COLUMNS = ("loss", "lr")
+
+
+def window_row(metrics: list[Mapping[str, Any]]) -> dict[str, float]:
+    """One metrics.jsonl row from a window of train-step metrics (host values, oldest first)."""
+    rank = {k: i for i, k in enumerate(FIRST_COLUMNS)}
+    names = sorted(metrics[-1], key=lambda k: rank.get(k, len(rank)))  # stable: others keep order
+    return {ROW_NAMES.get(k, k): float(metrics[-1][k]) if k in LAST_VALUE
+            else float(np.mean([m[k] for m in metrics])) for k in names}
+
+
+class Meter:
+    """A logging window: the train step's metrics (see window_row) and its speed, with the first
+    step (compilation) and pauses (evaluation, samples, checkpoints) kept out of the clock."""
+
+    def __init__(self, tokens_per_step: int, flops_per_token: float = 0.0,
+                 peak_flops_total: float | None = None):
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_token = flops_per_token
+        self.peak_flops_total = peak_flops_total  # all devices' FLOP/s; None: no MFU
+        self.pending: list = []  # device metrics since the last read
+        self.steps, self.seconds, self.paused = 0, 0.0, False
+        self.t0 = time.perf_counter()
+
+    def first(self, metrics) -> float:
+        """Seconds of the first step (compile + run) since the meter began; the window starts
+        after it, its metrics in the window's averages."""
+        jax.block_until_ready(metrics)
+        seconds = time.perf_counter() - self.t0
+        self.pending, self.t0 = [metrics], time.perf_counter()
+        return seconds
+
+    def add(self, metrics) -> None:
+        """One more dispatched step. Waits for the step before it to finish: the host runs at
+        most one step ahead of the device (the next step is queued already, and a host far ahead
+        queues dozens of multi-device programs, on which XLA's CPU runtime can deadlock: an
+        all-reduce waiting for a device that never starts)."""
+        if self.pending:
+            jax.block_until_ready(self.pending[-1])
+        self.pending.append(metrics)
+        self.steps += 1
+
+    def read(self) -> dict[str, float]:
+        """The window's row (window_row, tokens_per_sec, ms_per_step, mfu); starts a new one."""
+        row = window_row(jax.device_get(self.pending))
+        self.seconds += time.perf_counter() - self.t0
+        if self.steps and self.seconds > 0:
+            row["tokens_per_sec"] = self.steps * self.tokens_per_step / self.seconds
+            row["ms_per_step"] = 1e3 * self.seconds / self.steps
+            if self.peak_flops_total:
+                row["mfu"] = row["tokens_per_sec"] * self.flops_per_token / self.peak_flops_total
+        self.pending, self.steps, self.seconds = [], 0, 0.0
+        self.t0 = time.perf_counter()
+        return row
+
+    def pause(self, leaves) -> None:
+        """Stop the clock once the dispatched steps (their output `leaves`) have finished;
+        a second pause before resume() is free."""
+        if not self.paused:
+            jax.block_until_ready(leaves)
+            self.seconds += time.perf_counter() - self.t0
+            self.paused = True
+
+    def resume(self) -> None:
+        """Restart the clock after a pause (nothing if there was none)."""
+        if self.paused:
+            self.t0, self.paused = time.perf_counter(), False
 
 
 class MetricWriter:

@@ -1,7 +1,8 @@
 """Pure, jitted train and eval steps: (state, batch) -> (state, metrics).
 
-A batch is {'inputs', 'targets': int32 [batch, seq]}. Shardings plug in through make_*_step's
-arguments; the functions themselves never do I/O.
+A batch is {'inputs', 'targets': int32 [batch, seq]}. train_step_fn and eval_step_fn are the
+pure steps; compile_train_step compiles the train step for a Plan (its shardings, on the state's
+leaves). None of them does I/O.
 """
 
 from __future__ import annotations
@@ -51,13 +52,6 @@ def accuracy(logits, targets):
     scored = targets >= 0
     hits = (jnp.argmax(logits, axis=-1) == targets) & scored
     return hits.sum() / jnp.maximum(scored.sum(), 1)
-
-
-def loss_fn(params, graphdef, batch, *, dropout_key=None, z_loss: float = 0.0):
-    """(objective, (cross-entropy, z-term)) of one batch; dropout on when dropout_key is given."""
-    ce, z, count = sums_fn(params, graphdef, batch, dropout_key=dropout_key, z_loss=z_loss)[1]
-    count = jnp.maximum(count, 1.0)
-    return (ce + z) / count, (ce / count, z / count)
 
 
 def sums_fn(params, graphdef, batch, *, dropout_key=None, z_loss: float = 0.0):
@@ -149,16 +143,6 @@ def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | No
     return step
 
 
-def make_train_step(config: Config, graphdef, tx, schedule, *, state_sharding=None,
-                    batch_sharding=None):
-    """jit(train_step) with the state donated; shardings (pytrees of NamedSharding) are optional."""
-    shardings = {}
-    if state_sharding is not None:
-        shardings = dict(in_shardings=(state_sharding, batch_sharding),
-                         out_shardings=(state_sharding, None))
-    return jax.jit(train_step_fn(config, graphdef, tx, schedule), donate_argnums=0, **shardings)
-
-
 def eval_step_fn(graphdef):
     """The pure eval step: (params, batch) -> {'loss': mean cross-entropy, 'accuracy'}."""
 
@@ -168,13 +152,6 @@ def eval_step_fn(graphdef):
         return {"loss": ce, "accuracy": accuracy(logits, batch["targets"])}
 
     return step
-
-
-def make_eval_step(graphdef, *, params_sharding=None, batch_sharding=None):
-    shardings = {}
-    if params_sharding is not None:
-        shardings = dict(in_shardings=(params_sharding, batch_sharding))
-    return jax.jit(eval_step_fn(graphdef), **shardings)
 
 
 def compile_on_leaves(plan, step_fn, abstract, state_sharding):
