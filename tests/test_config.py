@@ -46,11 +46,11 @@ def test_bad_registry_names_and_their_shapes(kwargs, match):
 def test_sequence_longer_than_learned_positions():
     cfg = ModelConfig(max_len=64, num_layers=1, d_model=32, num_heads=4)
     check_model(cfg, 64)
-    with pytest.raises(ConfigError, match="data.seq_len 70 exceeds model.max_len=64"):
+    with pytest.raises(ConfigError, match="data.seq_len=70 is invalid: must not exceed model.max_len=64"):
         check_model(cfg, 70)
     check_model(ModelConfig(max_len=64, num_layers=1, d_model=32, num_heads=4, position="rope"),
                 70)
-    with pytest.raises(ConfigError, match="data.seq_len 128 exceeds model.max_len=64"):
+    with pytest.raises(ConfigError, match="data.seq_len=128 is invalid: must not exceed model.max_len=64"):
         check_config(Config.from_dict({"model": {"max_len": 64}, "data": {"seq_len": 128}}))
 
 

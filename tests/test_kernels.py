@@ -145,7 +145,8 @@ def test_cudnn_off_gpu_names_the_fix():
 
 
 def test_unknown_kernel():
-    with pytest.raises(ValueError, match="unknown attention kernel 'flashy'"):
+    with pytest.raises(ValueError, match=r"model.attention='flashy' is invalid: choose one of "
+                                         r"\['blockwise', 'cudnn', 'pallas', 'reference', 'xla'\]"):
         kernels.get_kernel("flashy")
 
 

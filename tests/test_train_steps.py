@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from gptjax.config import Config, ConfigError, OptimConfig
+from gptjax.training import optim
 from gptjax.training import (SCHEDULES, cross_entropy, decay_mask, graphdef_of, init_state,
                              make_optimizer, make_schedule, train_step_fn)
 from gptjax.training import metrics
@@ -67,7 +68,7 @@ def test_linear_constant_wsd_schedules():
 def test_schedule_registry_drives_validation():
     assert {"cosine", "linear", "constant", "wsd"} <= set(SCHEDULES)
     with pytest.raises(ConfigError, match=r"optim.schedule='exp'.*choose one of"):
-        OptimConfig(schedule="exp")
+        optim.check(OptimConfig(schedule="exp"))  # the registry judges the name
     with pytest.raises(ConfigError, match=r"optim.decay_steps=50 .*> optim.warmup_steps=100"):
         OptimConfig(warmup_steps=100, decay_steps=50)
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gptjax.config import ModelConfig
+from gptjax.config import ConfigError, ModelConfig
 from gptjax.model import cpu, kernels, positions
 from gptjax.model.attention import CausalSelfAttention
 from gptjax.model.layers import dense, embedding, layer_norm, lookup, mask_padded_vocab
@@ -26,8 +26,10 @@ def check_config(cfg: ModelConfig, seq_len: int | None = None) -> None:
     attention kernel (with that kernel's limits; seq_len: a training length). Reads nothing."""
     positions.check(cfg)
     kernels.check(cfg, seq_len)
-    if seq_len is not None:
-        positions.check_length(cfg, seq_len, "data.seq_len")
+    limit = positions.get(cfg.position).max_positions(cfg)
+    if seq_len is not None and limit is not None and seq_len > limit:
+        raise ConfigError(f"data.seq_len={seq_len} is invalid: must not exceed model.max_len="
+                          f"{limit}, the number of {cfg.position} positions")
 
 
 class MLP(nnx.Module):

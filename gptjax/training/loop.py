@@ -112,7 +112,13 @@ def set_up(cfg: Config, data=None):
     cfg = pretrained.adopt(cfg)  # fine-tuning: the source's architecture and tokenizer
     # A name no registry holds, or a kernel this machine cannot run (cudnn off a GPU), fails
     # now, before any data is read.
-    check_config(cfg)
+    try:
+        check_config(cfg)
+    except ConfigError as e:
+        if not cfg.train.init_from:
+            raise
+        raise ConfigError(f"with train.init_from={cfg.train.init_from!r}'s architecture: "
+                          f"{e}") from None
     check_available(cfg.model.attention)
     if data is None:
         data = build_data(cfg, process_index=jax.process_index(),
@@ -176,9 +182,9 @@ def fit_sample(prompt: list[int], num_tokens: int, model: ModelConfig) -> Sampli
     fitted = prompt[-(limit - 1):] if limit > 1 else prompt[-1:]
     fitted_tokens = max(1, min(num_tokens, limit - len(fitted)))
     logging.warning("train.sample_prompt (%d tokens) + train.sample_tokens=%d exceed the model's "
-                    "%d positions (model.max_len): samples continue the prompt's last %d "
-                    "tokens with %d new ones", len(prompt), num_tokens, limit, len(fitted),
-                    fitted_tokens)
+                    "%d %s positions (model.max_len): samples continue the prompt's last %d "
+                    "tokens with %d new ones", len(prompt), num_tokens, limit, model.position,
+                    len(fitted), fitted_tokens)
     return Sampling(tuple(fitted), fitted_tokens)
 
 
