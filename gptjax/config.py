@@ -13,6 +13,7 @@ This module imports nothing of gptjax: every layer may read it.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Mapping
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -209,8 +210,18 @@ class TrainConfig:
     # Fine-tuning: a Hugging Face GPT-2 folder or hub id, or a gptjax run, whose architecture
     # and weights a new run starts from (a run resuming its own checkpoint loads those weights).
     init_from: str | None = None
+    # Partial training: a regular expression over parameter paths ('blocks/0/attn/query/kernel',
+    # 'lm_head/kernel', 'ln_f/scale'); only parameters whose path it matches (re.search) train
+    # and hold optimizer state, the rest stay bitwise as they are. None: every parameter.
+    trainable: str | None = None
 
     def validate(self) -> None:
+        if self.trainable is not None:
+            try:
+                re.compile(self.trainable)
+            except (re.error, TypeError) as e:
+                _fail("train.trainable", self.trainable,
+                      f"must be a regular expression over parameter paths ({e})")
         if not isinstance(self.num_steps, int) or self.num_steps <= 0:
             _fail("train.num_steps", self.num_steps, "must be a positive integer")
         for name in ("eval_every", "eval_steps", "log_every", "checkpoint_every",

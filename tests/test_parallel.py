@@ -1,6 +1,7 @@
 """gptjax.parallel on 8 CPU devices: every strategy trains the single-device losses, FSDP holds
 1/8 of the state per device, checkpoints reshard across meshes, bad meshes fail early."""
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -71,6 +72,21 @@ def test_losses_match_single_device(name, single, batches):
         assert x.sharding.is_equivalent_to(jax.sharding.NamedSharding(run.plan.mesh, expected),
                                            x.ndim), (name, x.sharding)
     assert len(fc.sharding.device_set) == 8
+
+
+@pytest.mark.parametrize("name", ["pmap_dp", "jit_dp", "fsdp_tp"])
+def test_partial_training_matches_single_device(name, fast_compiles, batches):
+    """train.trainable under every kind of strategy: the same losses as one device, and the
+    optimizer state holds the trainable parameters only (laid out as the strategy says)."""
+    def config(mesh):
+        c = tiny(mesh, tie_embeddings=False)
+        return dataclasses.replace(c, train=dataclasses.replace(c.train, trainable="^lm_head/"))
+
+    one = scaling.run(config(dict(data=1)), batches, devices=jax.devices()[:1])
+    run = scaling.run(config(STRATEGIES[name]), batches)
+    np.testing.assert_allclose(run.losses, one.losses, atol=1e-5, rtol=0)
+    mu = run.state.opt_state[1][0].mu
+    assert list(mu.keys()) == ["lm_head"]
 
 
 def test_fsdp_holds_an_eighth_per_device(fast_compiles):

@@ -9,12 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from gptjax.config import Config, ConfigError, OptimConfig
 from gptjax.training import optim
 from gptjax.training import (SCHEDULES, cross_entropy, decay_mask, graphdef_of, init_state,
                              make_optimizer, make_schedule, train_step_fn)
 from gptjax.training import metrics
+from gptjax.training.state import check_trainable, path_name
 from gptjax.training.loop import check_batch, every, fit_sample, resolve_vocab
 
 
@@ -295,3 +297,49 @@ def test_cpu_device_count():
     assert use_cpu_devices(-1, 12) is None  # JAX has started in this process: left alone
     with pytest.raises(ConfigError, match=r"mesh.cpu_devices=-2"):
         Config.from_dict(dict(mesh=dict(cpu_devices=-2)))
+
+
+# --- partial training: the state knows which parameters train ---------------------------------
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_only_the_trainable_params_change_and_hold_optimizer_state(grad_accum):
+    cfg = tiny(grad_accum=grad_accum, warmup_steps=0, lr=1e-2)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, tie_embeddings=False))
+    tx, schedule = make_optimizer(cfg.optim, 10)
+    state = jax.jit(lambda: init_state(cfg.model, tx, 0, trainable=r"^lm_head/"))()
+    before = {path_name(p): np.asarray(v) for p, v in nnx.to_flat_state(state.params)}
+    # Adam's moments exist for the LM head alone
+    moments = {tuple(x.shape) for x in jax.tree.leaves(state.opt_state) if x.ndim}
+    assert moments == {(32, 23)}
+    step = jax.jit(train_step_fn(cfg, graphdef_of(cfg.model), tx, schedule))
+    for i in range(3):
+        state, _ = step(state, batch_of(seed=i))
+    after = {path_name(p): np.asarray(v) for p, v in nnx.to_flat_state(state.params)}
+    assert not np.array_equal(after["lm_head/kernel"], before["lm_head/kernel"])
+    frozen = [name for name in before if name != "lm_head/kernel"]
+    assert len(frozen) > 10
+    for name in frozen:  # bitwise, not just close
+        assert after[name].tobytes() == before[name].tobytes(), name
+
+
+def test_trainable_none_is_every_parameter_as_before():
+    cfg = tiny(warmup_steps=0)
+    tx, schedule = make_optimizer(cfg.optim, 10)
+    step = jax.jit(train_step_fn(cfg, graphdef_of(cfg.model), tx, schedule))
+    everything = jax.jit(lambda: init_state(cfg.model, tx, 0, trainable=".*"))()
+    default = fresh(cfg, tx)
+    assert jax.tree.structure(default.opt_state) == jax.tree.structure(
+        tx.init(default.params))
+    a, _ = step(default, batch_of())
+    b, _ = step(everything, batch_of())
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+
+
+def test_a_trainable_pattern_matching_nothing_is_refused():
+    cfg = tiny()
+    params = jax.eval_shape(lambda: init_state(cfg.model, optax.sgd(0.1), 0)).params
+    with pytest.raises(ConfigError, match=r"train.trainable='lm_hed' matches no parameter"):
+        check_trainable(params, "lm_hed")
+    with pytest.raises(ConfigError, match=r"train.trainable='\(' is invalid: must be a regular"):
+        Config.from_dict({"train": {"trainable": "("}})

@@ -218,3 +218,38 @@ def test_samples_come_from_generation_within_max_len_and_callbacks_see_the_state
     assert final["sample"] == seen["expected"]
     assert seen[1][0] == 1 and seen[2][0] == 2  # the state after each step
     assert seen[2][1]["val_loss"] == final["val_loss"]  # the row metrics.jsonl got
+
+
+def test_partial_training_resumes_bitwise_and_leaves_the_frozen_weights(tmp_path):
+    """train.trainable='^lm_head/': a run stopped after its step-3 checkpoint and resumed ends
+    bitwise where an uninterrupted run ends; only the LM head ever changed."""
+    cfg = tiny_config(tmp_path, model=dict(tie_embeddings=False),
+                      train=dict(num_steps=6, checkpoint_every=3, eval_every=6,
+                                 trainable="^lm_head/"))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_3(step, row, run):
+        if step == 3:
+            raise Stop
+
+    train(cfg, tmp_path / "straight")
+    with pytest.raises(Stop):
+        train(cfg, tmp_path / "resumed", callbacks=[stop_after_3])
+    train(cfg, tmp_path / "resumed")
+    losses = [[r["train_loss"] for r in read_metrics(tmp_path / w) if "train_loss" in r]
+              for w in ("straight", "resumed")]
+    assert losses[0] == losses[1][:3] + losses[1][-3:]
+    at3, at6 = saved_params(tmp_path / "straight", 3), saved_params(tmp_path / "straight", 6)
+    resumed = saved_params(tmp_path / "resumed", 6)
+    flat = lambda tree: {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(x)  # noqa
+                         for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+    at3, at6, resumed = flat(at3["params"]), flat(at6["params"]), flat(resumed["params"])
+    for name in at6:
+        assert at6[name].tobytes() == resumed[name].tobytes(), name
+        changed = at6[name].tobytes() != at3[name].tobytes()
+        assert changed == name.startswith("lm_head"), name
+    state = saved_params(tmp_path / "straight", 6)
+    head = [x.shape for name, x in at6.items() if name.startswith("lm_head")]
+    assert {x.shape for x in jax.tree.leaves(state["opt_state"]) if np.ndim(x)} == set(head)

@@ -51,7 +51,7 @@ def run(config, batches, *, devices=None, plan: Plan | None = None) -> Run:
     config.mesh asks for (or `plan`); every process passes the same global batches."""
     plan = plan or make_plan(config, devices=devices)
     tx, schedule = make_optimizer(config.optim, config.train.num_steps)
-    state = plan.init(init_state, config.model, tx, config.train.seed)
+    state = plan.init(init_state, config.model, tx, config.train.seed, config.train.trainable)
     step = plan.compile_train(train_step_fn(config, graphdef_of(config.model), tx, schedule,
                                             axis_name=plan.axis_name), state)
     batches = [plan.put_batch(process_rows(b)) for b in batches]

@@ -44,7 +44,7 @@ def step_throughput(cfg: Config, *, steps: int = 100, repeats: int = 3) -> dict[
         raise ValueError("step_throughput needs a resolved model.vocab_size")
     plan = make_plan(cfg)
     tx, schedule = make_optimizer(cfg.optim, cfg.train.num_steps)
-    init = functools.partial(init_state, cfg.model, tx, cfg.train.seed)
+    init = functools.partial(init_state, cfg.model, tx, cfg.train.seed, cfg.train.trainable)
     abstract = jax.eval_shape(init)
     step = compile_train_step(cfg, plan, graphdef_of(cfg.model), tx, schedule, abstract,
                               plan.shardings(abstract))

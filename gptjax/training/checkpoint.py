@@ -140,7 +140,8 @@ def load_params(workdir: str | os.PathLike, step: int | None = None):
         raise FileNotFoundError(f"{ckpt_dir} holds no finished checkpoint; train first (or wait "
                                 "for the run's first checkpoint_every steps)")
     tx, _ = make_optimizer(cfg.optim, cfg.train.num_steps)
-    abstract = jax.eval_shape(lambda: init_state(cfg.model, tx, cfg.train.seed))
+    abstract = jax.eval_shape(lambda: init_state(cfg.model, tx, cfg.train.seed,
+                                                 cfg.train.trainable))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = abstract_with_sharding(abstract, jax.tree.map(lambda _: device, abstract))
     manager = ocp.CheckpointManager(ckpt_dir.absolute(),

@@ -42,7 +42,8 @@ from gptjax.training import host, pretrained
 from gptjax.training import metrics as metrics_lib
 from gptjax.training import optim
 from gptjax.training.optim import make_optimizer
-from gptjax.training.state import TrainState, graphdef_of, init_state, state_from_params
+from gptjax.training.state import (TrainState, check_trainable, graphdef_of, init_state,
+                                   state_from_params)
 from gptjax.training.steps import compile_train_step, eval_step_fn
 
 SAMPLE_TEMPERATURE = 0.8  # nanoGPT's sample.py defaults
@@ -205,8 +206,9 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
 
     tx, schedule = make_optimizer(cfg.optim, cfg.train.num_steps)
     graphdef = graphdef_of(cfg.model)
-    init = functools.partial(init_state, cfg.model, tx, cfg.train.seed)
+    init = functools.partial(init_state, cfg.model, tx, cfg.train.seed, cfg.train.trainable)
     abstract = jax.eval_shape(init)
+    check_trainable(abstract.params, cfg.train.trainable)
     state_sharding = plan.shardings(abstract)
     train_step = compile_train_step(cfg, plan, graphdef, tx, schedule, abstract, state_sharding)
     eval_step = plan.compile_eval(eval_step_fn(graphdef), abstract.params)
@@ -247,7 +249,8 @@ def _fresh_state(cfg: Config, plan, tx, init, state_sharding, workdir) -> TrainS
         return plan.init(init)
     logging.info("Starting %s from the weights of %s", workdir, cfg.train.init_from)
     params = pretrained.load_params(cfg, state_sharding.params)
-    return jax.jit(functools.partial(state_from_params, tx=tx, seed=cfg.train.seed),
+    return jax.jit(functools.partial(state_from_params, tx=tx, seed=cfg.train.seed,
+                                     trainable=cfg.train.trainable),
                    out_shardings=state_sharding)(params)
 
 

@@ -90,21 +90,24 @@ def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | No
     k = config.optim.grad_accum
     z_loss = config.optim.z_loss
     use_dropout = config.model.dropout > 0.0
-    grad_fn = jax.value_and_grad(sums_fn, has_aux=True)
+    # Gradients of the trainable params only; the frozen ones enter as constants.
+    grad_fn = jax.value_and_grad(
+        lambda params, frozen, *args, **kw: sums_fn(nnx.merge_state(params, frozen), *args, **kw),
+        has_aux=True)
 
-    def summed_gradients(params, key, batch, axis=None):
+    def summed_gradients(params, frozen, key, batch, axis=None):
         """(grads, ce, z, n): sums over `batch` (this device's slice when `axis` is named)."""
         if axis is not None:  # each device's slice of the batch gets its own dropout masks
             key = jax.random.fold_in(key, jax.lax.axis_index(axis))
         if k == 1:
-            (_, (ce, z, n)), grads = grad_fn(params, graphdef, batch,
+            (_, (ce, z, n)), grads = grad_fn(params, frozen, graphdef, batch,
                                              dropout_key=key if use_dropout else None,
                                              z_loss=z_loss)
         else:
             # One optimizer update per step from k micro-batches' summed gradients.
             def micro(carry, xs):
                 j, mb = xs
-                (_, aux), g = grad_fn(params, graphdef, mb,
+                (_, aux), g = grad_fn(params, frozen, graphdef, mb,
                                       dropout_key=jax.random.fold_in(key, j) if use_dropout
                                       else None, z_loss=z_loss)
                 return jax.tree.map(jnp.add, carry, (g, aux)), None
@@ -121,7 +124,7 @@ def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | No
     if data_mesh is not None:
         summed_gradients = jax.shard_map(
             functools.partial(summed_gradients, axis="data"), mesh=data_mesh,
-            in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec("data")),
+            in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), PartitionSpec("data")),
             out_specs=PartitionSpec(), check_vma=False)
     elif axis_name is not None:
         summed_gradients = functools.partial(summed_gradients, axis=axis_name)
@@ -130,11 +133,12 @@ def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | No
         key = jax.random.fold_in(state.rng, state.step)
         # Gradients and losses are sums over the scored tokens until one division by their
         # count at the end: exact for micro-batches and devices holding different counts.
-        grads, ce, z, n = summed_gradients(state.params, key, batch)
+        trainable, frozen = state.partition()
+        grads, ce, z, n = summed_gradients(trainable, frozen, key, batch)
         n = jnp.maximum(n, 1.0)
         grads, ce, z = jax.tree.map(lambda x: x / n, (grads, ce, z))
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        updates, opt_state = tx.update(grads, state.opt_state, trainable)
+        params = nnx.merge_state(optax.apply_updates(trainable, updates), frozen)
         metrics = {"loss": ce, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
         if z_loss:
             metrics["z_loss"] = z
