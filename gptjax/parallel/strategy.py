@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from gptjax.config import ConfigError
 from gptjax.parallel import pmap

@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from gptjax.config import Config
 from gptjax.model import apply
+from gptjax.training import cpu
 from gptjax.training.state import TrainState
 
 
@@ -81,11 +82,8 @@ def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | No
 
     axis_name: under jax.pmap (gptjax.parallel's pmap path), the mapped axis whose devices each
     hold a slice of the batch; gradients and losses are summed over it.
-    data_mesh: under jax.jit, a mesh whose only split axis is 'data' (plain data parallelism,
-    parameters replicated): gradients are computed per device under shard_map and summed in one
-    all-reduce of a single flat buffer, instead of the all-reduce XLA inserts over every
-    parameter's gradient (XLA:CPU's in-process all-reduce pays per buffer: ~4 ms for the 67 of
-    nanoGPT's CPU recipe, ~0.5 ms for one buffer of the same bytes).
+    data_mesh: the CPU path's mesh (gptjax.training.cpu): gradients per CPU device, summed in
+    one flat all-reduce. Otherwise XLA places the reductions the shardings imply.
     """
     k = config.optim.grad_accum
     z_loss = config.optim.z_loss
@@ -122,10 +120,7 @@ def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | No
         return grads, ce, z, n
 
     if data_mesh is not None:
-        summed_gradients = jax.shard_map(
-            functools.partial(summed_gradients, axis="data"), mesh=data_mesh,
-            in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), PartitionSpec("data")),
-            out_specs=PartitionSpec(), check_vma=False)
+        summed_gradients = cpu.per_device_gradients(summed_gradients, data_mesh)
     elif axis_name is not None:
         summed_gradients = functools.partial(summed_gradients, axis=axis_name)
 
@@ -180,19 +175,8 @@ def compile_on_leaves(plan, step_fn, abstract, state_sharding):
 
 
 def compile_train_step(config: Config, plan, graphdef, tx, schedule, abstract, state_sharding):
-    """The train step as the loop runs it: train_step_fn for `plan` (its pmap axis, or plain CPU
-    data parallelism's one flat all-reduce), compiled on the state's leaves."""
+    """The train step as the loop runs it: train_step_fn for `plan` (its pmap axis, or on CPU
+    devices the flat all-reduce of gptjax.training.cpu), compiled on the state's leaves."""
     step_fn = train_step_fn(config, graphdef, tx, schedule, axis_name=plan.axis_name,
-                            data_mesh=_cpu_data_mesh(plan))
+                            data_mesh=cpu.data_parallel_mesh(plan))
     return compile_on_leaves(plan, step_fn, abstract, state_sharding)
-
-
-def _cpu_data_mesh(plan):
-    """plan.mesh when it is plain data parallelism under jit over CPU devices, else None: then
-    the step sums gradients in one flat all-reduce (see train_step_fn's data_mesh)."""
-    mesh = plan.mesh
-    if plan.strategy != "jit" or mesh.devices.size < 2 or "data" not in mesh.shape:
-        return None
-    if any(size > 1 for name, size in mesh.shape.items() if name != "data"):
-        return None
-    return mesh if mesh.devices.flat[0].platform == "cpu" else None
