@@ -35,7 +35,7 @@ def get_config():
     config.train.eval_steps = 10
     config.train.log_every = 50
     config.train.checkpoint_every = 400
-    config.train.sample_tokens = 200
+    config.train.sample_tokens = 60  # the prompt and sample fill the model's 64 positions
     config.train.sample_prompt = "The "
 
     config.mesh.cpu_devices = -1  # a CPU host: data parallel over one JAX device per core

@@ -248,7 +248,7 @@ def _fresh_state(cfg: Config, plan, tx, init, state_sharding, workdir) -> TrainS
     if not cfg.train.init_from:
         return plan.init(init)
     logging.info("Starting %s from the weights of %s", workdir, cfg.train.init_from)
-    params = pretrained.load_params(cfg, state_sharding.params)
+    params = pretrained.load_sharded(cfg, state_sharding.params)
     return jax.jit(functools.partial(state_from_params, tx=tx, seed=cfg.train.seed,
                                      trainable=cfg.train.trainable),
                    out_shardings=state_sharding)(params)

@@ -73,7 +73,7 @@ def adopt(cfg: Config) -> Config:
         raise ConfigError(f"with train.init_from={path!r}'s architecture: {e}") from None
 
 
-def load_params(cfg: Config, shardings):
+def load_sharded(cfg: Config, shardings):
     """train.init_from's weights as the run's params (cfg.model's dtypes), laid out as
     `shardings` says; each process reads the files and keeps its own shards."""
     m = cfg.model
