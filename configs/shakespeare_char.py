@@ -39,5 +39,5 @@ def get_config():
     config.train.eval_steps = 200
     config.train.log_every = 10
     config.train.checkpoint_every = 500
-    config.train.sample_tokens = 300
+    config.train.sample_tokens = 255  # with the one-token prompt: the model's 256 positions
     return config

@@ -41,7 +41,7 @@ def get_config():
     config.train.eval_steps = 20  # eval_iters=20
     config.train.log_every = 50
     config.train.checkpoint_every = 1000
-    config.train.sample_tokens = 200
+    config.train.sample_tokens = 63  # with the one-token prompt: the model's 64 positions
 
     config.mesh.cpu_devices = -1  # a CPU host: data parallel over one JAX device per core
     return config
