@@ -131,6 +131,27 @@ def test_export_round_trip(tmp_path, tie):
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_a_padded_vocabulary_exports_its_true_size_and_loads_padded_again(tmp_path, tie):
+    """vocab 61 padded to 64 rows: the file has 61 (what transformers expects), loading it with
+    vocab_multiple=8 gives back the padded model's real rows and zero padding."""
+    model = GPT(ModelConfig(vocab_size=61, vocab_multiple=8, max_len=24, num_layers=2,
+                            num_heads=2, d_model=16, tie_embeddings=tie), rngs=nnx.Rngs(0))
+    model.save_pretrained(tmp_path)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    assert tensors["transformer.wte.weight"].shape == (61, 16)
+    assert json.loads((tmp_path / "config.json").read_text())["vocab_size"] == 61
+    if not tie:
+        assert tensors["lm_head.weight"].shape == (61, 16)
+    plain = GPT.from_pretrained(tmp_path)
+    assert plain.cfg.padded_vocab == 61
+    padded = GPT.from_pretrained(tmp_path, vocab_multiple=8)
+    ids = np.arange(20)[None] % 61
+    np.testing.assert_allclose(padded(ids)[..., :61], plain(ids), atol=1e-6)
+    np.testing.assert_allclose(padded(ids), model(ids), atol=1e-6)
+    assert params_of(padded)["wte/embedding"][61:].tobytes() == bytes(3 * 16 * 4)
+
+
 def test_export_config_is_gpt2(tmp_path):
     random_gpt().save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())

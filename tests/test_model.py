@@ -143,3 +143,26 @@ def test_parameters_carry_logical_axis_names():
     assert model.wte.embedding.get_metadata()["out_sharding"] == ("vocab", "embed")
     assert model.blocks[0].attn.query.kernel.get_metadata()["out_sharding"] == ("embed", "heads")
     assert model.blocks[0].mlp.proj.kernel.get_metadata()["out_sharding"] == ("mlp", "embed")
+
+
+def test_a_padded_vocabulary_is_the_same_model():
+    """vocab 97 padded to 104 rows: the real logits are the unpadded model's (the same init on
+    the real rows), the padded ones are never predicted, sampled or given a gradient."""
+    plain = GPT(tiny(tie_embeddings=False), rngs=nnx.Rngs(0))
+    padded = GPT(tiny(tie_embeddings=False, vocab_multiple=8), rngs=nnx.Rngs(0))
+    assert padded.cfg.padded_vocab == 104 and padded.wte.embedding[...].shape == (104, 32)
+    tokens = jax.random.randint(jax.random.key(4), (2, 10), 0, 97)
+    a, b = plain(tokens), padded(tokens)
+    np.testing.assert_allclose(b[..., :97], a, atol=1e-6, rtol=0)
+    assert np.all(np.asarray(b[..., 97:]) == np.finfo(np.float32).min)
+    graphdef, params = split(padded)
+
+    def loss(p):
+        return jax.nn.log_softmax(apply(graphdef, p, tokens))[..., :97].mean()
+
+    grads = jax.grad(loss)(params)
+    assert not np.any(np.asarray(grads["wte"]["embedding"][...])[97:])
+    assert not np.any(np.asarray(grads["lm_head"]["kernel"][...])[:, 97:])
+    out = padded.generate(np.asarray(tokens[:1]), max_new_tokens=22, do_sample=True,
+                          temperature=50.0, seed=0)  # nearly uniform over what can be drawn
+    assert out.max() < 97

@@ -242,30 +242,38 @@ def test_bad_input_raises_before_compiling(mesh, model, batch, error, message):
         make_plan(tiny(mesh, batch_size=batch, **model))
 
 
+def _quickstart_run(mesh, workdir):
+    """The quickstart (2 layers, 3 steps) under `mesh`: (its saved model config, its losses)."""
+    from gptjax.ablate import load_config_file
+    from gptjax.training.loop import train
+
+    config = load_config_file(pathlib.Path(__file__).parents[1] / "configs/quickstart.py")
+    config.train.update(num_steps=3, log_every=1, eval_steps=1, sample_tokens=0,
+                        checkpoint_every=100)
+    config.model.num_layers = 2
+    config.mesh.update(mesh)
+    train(config, workdir)
+    saved = json.loads((workdir / "config.json").read_text())["model"]
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
+    return saved, [r["train_loss"] for r in rows if "train_loss" in r]
+
+
+@pytest.fixture(scope="module")
+def quickstart_dp(tmp_path_factory):
+    return _quickstart_run(dict(data=8), tmp_path_factory.mktemp("quickstart") / "dp")
+
+
 @pytest.mark.parametrize("mesh, multiple", [(dict(data=-1, tensor=2), 2),
                                             (dict(data=2, tensor=4), 4),
                                             (dict(data=1, fsdp=4, tensor=2), 2)],
                          ids=["dp_tp2", "dp_tp4", "fsdp_tp"])
-def test_quickstart_with_a_tensor_axis_pads_its_vocabulary(mesh, multiple, tmp_path):
+def test_quickstart_with_a_tensor_axis_pads_its_vocabulary(mesh, multiple, quickstart_dp,
+                                                           tmp_path):
     """The quickstart's char vocabulary (odd) with only a tensor axis added: the run pads the
     embedding and LM head to the mesh, masks the padding, and trains the same losses as plain
     data parallelism (which equals one device: test_losses_match_single_device)."""
-    from gptjax.ablate import load_config_file
-    from gptjax.training.loop import train
-
-    def run(mesh, name):
-        config = load_config_file(pathlib.Path(__file__).parents[1] / "configs/quickstart.py")
-        config.train.update(num_steps=3, log_every=1, eval_steps=1, sample_tokens=0,
-                            checkpoint_every=100)
-        config.model.num_layers = 2
-        config.mesh.update(mesh)
-        train(config, tmp_path / name)
-        saved = json.loads((tmp_path / name / "config.json").read_text())["model"]
-        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
-        return saved, [r["train_loss"] for r in rows if "train_loss" in r]
-
-    one, one_losses = run(dict(data=8), "one")
-    sharded, losses = run(mesh, "sharded")
+    one, one_losses = quickstart_dp
+    sharded, losses = _quickstart_run(mesh, tmp_path / "sharded")
     assert one["vocab_size"] == sharded["vocab_size"] and one["vocab_size"] % 2  # odd: padded
     assert (one["vocab_multiple"], sharded["vocab_multiple"]) == (1, multiple)
     assert len(losses) == 3
