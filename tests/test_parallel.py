@@ -259,7 +259,7 @@ def _quickstart_run(mesh, workdir):
 
 
 @pytest.fixture(scope="module")
-def quickstart_dp(tmp_path_factory):
+def quickstart_dp(fast_compiles, tmp_path_factory):
     return _quickstart_run(dict(data=8), tmp_path_factory.mktemp("quickstart") / "dp")
 
 
