@@ -10,7 +10,6 @@ registers each one as a dataset through gptjax.data.text.text_dataset.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import socket
 import threading

@@ -37,7 +37,8 @@ HF_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer
                "n_head": 12, "n_inner": None, "activation_function": "gelu_new",
                "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1,
                "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True}
-# Model fields a caller may change while loading: none of them changes a weight's shape.
+# Model fields a caller may change while loading: none of them changes what a weight means
+# (vocab_multiple adds zero rows past the file's vocabulary).
 OVERRIDABLE = ("dtype", "param_dtype", "attention", "remat", "dropout", "vocab_multiple")
 GPT2_EOT = 50256  # <|endoftext|> in GPT-2's vocabulary
 
@@ -370,4 +371,4 @@ def from_pretrained(path, **overrides) -> GPT:
 
 
 provide("from_pretrained", from_pretrained)
-provide("save_pretrained", lambda model, path: save_gpt(model, path))
+provide("save_pretrained", save_gpt)

@@ -28,7 +28,8 @@ from gptjax.model.gpt import repad_vocab
 from gptjax.training.optim import make_optimizer
 from gptjax.training.state import graphdef_of, init_state
 
-# Model fields a resumed run may change: they alter neither parameter shapes nor their meaning.
+# Model fields a resumed run may change: they alter neither parameter shapes nor their meaning
+# (vocab_multiple may differ while the padded row count it gives does not: compared apart).
 RESUMABLE_MODEL_FIELDS = frozenset({"dropout", "attention", "dtype", "remat", "vocab_multiple"})
 
 
@@ -58,9 +59,9 @@ def check_compatible(saved: Mapping[str, Any], config: Config, where: str) -> No
     old = saved.get("model", {})
     diffs = [f"model.{k}: checkpoint {old.get(k)!r}, config {v!r}" for k, v in current.items()
              if k not in RESUMABLE_MODEL_FIELDS and _norm(old.get(k)) != _norm(v)]
-    rows = -(-current["vocab_size"] // current["vocab_multiple"]) * current["vocab_multiple"]
-    multiple = old.get("vocab_multiple", 1)
-    old_rows = -(-old.get("vocab_size", 0) // multiple) * multiple
+    rows = config.model.padded_vocab
+    old_rows = dataclasses.replace(config.model, vocab_size=old.get("vocab_size", 0),
+                                   vocab_multiple=old.get("vocab_multiple", 1)).padded_vocab
     if rows != old_rows:
         diffs.append(f"embedding rows (vocab_size padded to model.vocab_multiple, here "
                      f"rounded up to the mesh's tensor axis): checkpoint {old_rows}, config {rows}")

@@ -56,12 +56,12 @@ def resolve_vocab(config: Config, tokenizer_vocab: int, vocab_shards: int = 1) -
     the tokenizer's."""
     v = config.model.vocab_size
     multiple = math.lcm(config.model.vocab_multiple, vocab_shards)
-    if multiple != config.model.vocab_multiple:
-        logging.info("model.vocab_multiple=%d: the vocabulary is padded to %d rows to split over "
-                     "the mesh's %d vocabulary shards", multiple,
-                     -(-(v or tokenizer_vocab) // multiple) * multiple, vocab_shards)
     model = dataclasses.replace(config.model, vocab_multiple=multiple,
                                 vocab_size=v or int(tokenizer_vocab))
+    if multiple != config.model.vocab_multiple:
+        logging.info("model.vocab_multiple=%d: the vocabulary is padded to %d rows to split over "
+                     "the mesh's %d vocabulary shards", multiple, model.padded_vocab,
+                     vocab_shards)
     config = dataclasses.replace(config, model=model)
     if v and v < tokenizer_vocab:
         raise ConfigError(f"model.vocab_size={v} is smaller than the tokenizer's vocabulary "
