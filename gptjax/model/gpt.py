@@ -16,7 +16,8 @@ from flax import nnx
 from gptjax.config import ConfigError, ModelConfig
 from gptjax.model import cpu, kernels, positions
 from gptjax.model.attention import CausalSelfAttention
-from gptjax.model.layers import dense, embedding, layer_norm, lookup, mask_padded_vocab
+from gptjax.model.layers import (dense, embedding, layer_norm, lookup, mask_padded_vocab,
+                                 tied_logits)
 from gptjax.model.masks import Mask
 from gptjax.parallel.rules import with_logical_constraint as constrain  # no-op off a mesh
 
@@ -138,7 +139,7 @@ class GPT(nnx.Module):
         """The LM head: final hidden states [batch, seq, d_model] -> float32 logits
         [batch, seq, padded_vocab], the padding masked."""
         if self.cfg.tie_embeddings:
-            logits = self.wte.attend(x)
+            logits = tied_logits(self.wte, x)
         else:
             logits = self.lm_head(x)
         logits = constrain(logits, ("batch", "seq", "vocab"))

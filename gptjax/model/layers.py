@@ -70,6 +70,16 @@ def mask_padded_vocab(cfg: ModelConfig, logits):
     return jnp.where(real, logits, jnp.finfo(logits.dtype).min)
 
 
+def tied_logits(embed: nnx.Embed, x):
+    """x [..., d_model] against every row of the table: [..., rows] (a tied LM head).
+
+    Contracting the table's own d_model axis, not `x @ table.T`: for one decoded token XLA's
+    CPU backend materialised that transpose (the whole table, every step) before its gemv.
+    """
+    x, table = embed.promote_dtype((x, embed.embedding[...]), dtype=embed.dtype)
+    return jnp.einsum("...d,vd->...v", x, table)
+
+
 def lookup(embed: nnx.Embed, ids, table_axes):
     """embed(ids), with the table read whole along d_model: FSDP gathers it before the lookup
     (a no-op off a mesh), so the output splits by batch like every activation, not by feature."""
