@@ -3,6 +3,7 @@ segment ids, every bad folder's error, and a short training run that resumes bit
 
 import json
 
+import jax
 import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
@@ -248,3 +249,39 @@ def test_config_and_tokenizer_errors(tmp_path, folder, stream):
     with pytest.raises(ConfigError, match=r"the tokenizer given to build_data is not"):
         build_data(config(folder), tokenizer=Tokenizer.char("ab"), process_index=0,
                    process_count=1)
+
+
+def test_training_on_shards_resumes_bitwise(tmp_path, folder):
+    """A tiny run on the shards (segment ids and positions in every batch), stopped after its
+    step-3 checkpoint (mid-shard) and resumed, logs the losses of an uninterrupted run."""
+    from gptjax.training.loop import train
+    from test_training import read_metrics, saved_params
+
+    cfg = {"model": dict(vocab_size=0, max_len=SEQ, num_layers=1, num_heads=2, d_model=16),
+           "data": dict(dataset="tokens", tokens_dir=str(folder), seq_len=SEQ, batch_size=8,
+                        document_mask=True, document_positions=True),
+           "optim": dict(lr=1e-2, warmup_steps=1),
+           "train": dict(num_steps=6, log_every=1, eval_every=3, eval_steps=2,
+                         checkpoint_every=3, sample_tokens=0)}
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_3(step, row, run):
+        if step == 3:
+            raise Stop
+
+    final = train(cfg, tmp_path / "straight")
+    with pytest.raises(Stop):
+        train(cfg, tmp_path / "resumed", callbacks=[stop_after_3])
+    resumed = train(cfg, tmp_path / "resumed")
+    rows = [read_metrics(tmp_path / w) for w in ("straight", "resumed")]
+    losses = [[r["train_loss"] for r in rs] for rs in rows]
+    assert losses[0] == losses[1][:3] + losses[1][-3:]  # bitwise, the resumed leg included
+    assert np.isfinite(losses[0]).all() and losses[0][-1] < losses[0][0]
+    assert resumed["val_loss"] == final["val_loss"]
+    a, b = saved_params(tmp_path / "straight", 6), saved_params(tmp_path / "resumed", 6)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+    saved = json.loads((tmp_path / "straight" / "config.json").read_text())
+    assert saved["model"]["vocab_size"] == 257  # the shards' tokenizer
