@@ -121,7 +121,8 @@ class DataConfig:
     text_file: str | tuple[str, ...] | None = None  # local text file(s) for dataset='text_file'
     val_text_file: str | tuple[str, ...] | None = None  # separate validation file(s)
     val_fraction: float = 0.1  # validation split taken from the end when no val_text_file
-    tokenizer: str = "char"  # char | byte | gpt2 | init_from (its tokenizer) | a folder
+    tokenizer: str = "char"  # char | byte | gpt2 | init_from (its tokenizer) | a folder;
+    # dataset='tokens' uses the shards' own and refuses another (gptjax/data/shards.py)
     task: str = "completion"  # dataset='task': completion | qa | translation | dialogue
     seq_len: int = 256
     batch_size: int = 32  # global batch, in sequences
