@@ -121,7 +121,8 @@ class DataConfig:
     text_file: str | tuple[str, ...] | None = None  # local text file(s) for dataset='text_file'
     val_text_file: str | tuple[str, ...] | None = None  # separate validation file(s)
     val_fraction: float = 0.1  # validation split taken from the end when no val_text_file
-    tokenizer: str = "char"  # char | byte | gpt2 | init_from (its tokenizer) | a folder
+    tokenizer: str = "char"  # char | byte | gpt2 | init_from (its tokenizer) | a folder;
+    # dataset='tokens' uses the shards' own and refuses another (gptjax/data/shards.py)
     task: str = "completion"  # dataset='task': completion | qa | translation | dialogue
     seq_len: int = 256
     batch_size: int = 32  # global batch, in sequences
@@ -129,6 +130,9 @@ class DataConfig:
     mqar_num_kv_pairs: int = 8  # dataset='mqar': key-value pairs per sequence
     mqar_vocab_size: int = 256  # dataset='mqar': token ids, when model.vocab_size is 0
     data_dir: str | None = None  # prepared TFDS data; None: $GPTJAX_DATA_DIR or TFDS default
+    tokens_dir: str | None = None  # dataset='tokens': a folder written by experiments.prepare_data
+    document_mask: bool = False  # dataset='tokens': segment ids; attention stays in its document
+    document_positions: bool = False  # with document_mask: positions restart at each document
 
     def validate(self) -> None:
         for name in ("seq_len", "batch_size"):
@@ -137,6 +141,15 @@ class DataConfig:
                 _fail(f"data.{name}", value, "must be a positive integer")
         if not 0.0 < self.val_fraction < 1.0:
             _fail("data.val_fraction", self.val_fraction, "must be in (0, 1)")
+        if self.document_positions and not self.document_mask:
+            _fail("data.document_positions", self.document_positions,
+                  "restarts positions at each document, which data.document_mask=True marks; "
+                  "set data.document_mask=True too, or document_positions=False")
+        if self.document_mask and self.dataset != "tokens":
+            # Only prepared shards keep every document boundary (an eos after each document).
+            _fail("data.document_mask", self.document_mask,
+                  f"needs data.dataset='tokens' (prepared shards), not {self.dataset!r}; "
+                  "set data.document_mask=False")
 
     def __post_init__(self):
         self.validate()

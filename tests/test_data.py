@@ -12,6 +12,7 @@ from gptjax.data import (DATASETS, BatchData, Data, DatasetUnavailableError, Win
 from gptjax.data.base import Epochs, endless_batches, host_rows
 from gptjax.data.text_builder import chunks, split_at_end
 from gptjax.tokenizers import Tokenizer
+from shard_folder import write_shards
 
 TEXT = "".join(f"Line {i}: the quick brown fox jumps over {i % 7} lazy dogs.\n"
                for i in range(60))  # 3,300 characters
@@ -231,9 +232,12 @@ def test_shakespeare_splits_as_nanogpt(tmp_path, shakespeare_path):
 def test_every_registered_dataset_builds_a_data(tmp_path, text_file):
     qa = tmp_path / "qa.jsonl"
     qa.write_text("".join(f'{{"question": "q{i}?", "answer": "a{i}"}}\n' for i in range(10)))
+    shards = write_shards(tmp_path / "shards", Tokenizer.byte(),
+                          {"train": [np.arange(300) % 257], "val": [np.arange(40) % 257]})
     configs = {"text_file": dict(text_file=text_file), "embedded": dict(seq_len=32),
                "mqar": dict(seq_len=32, mqar_num_kv_pairs=4),
-               "task": dict(text_file=str(qa), task="qa", seq_len=32)}
+               "task": dict(text_file=str(qa), task="qa", seq_len=32),
+               "tokens": dict(tokens_dir=str(shards))}
     assert set(configs) == set(DATASETS)  # a new dataset adds its case here
     for name, fields in configs.items():
         data = build(tmp_path, dataset=name, **fields)
@@ -316,7 +320,7 @@ def test_non_utf8_text_file(tmp_path):
 
 
 def test_unknown_dataset_lists_the_registry_and_the_tfds_catalog(tmp_path):
-    with pytest.raises(ConfigError, match=r"embedded.*text_file.*TFDS catalog"):
+    with pytest.raises(ConfigError, match=r"embedded.*text_file.*tokens.*TFDS catalog"):
         build(tmp_path, dataset="no_such_dataset_xyz")
 
 

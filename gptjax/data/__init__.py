@@ -1,8 +1,9 @@
-"""Data: datasets by name (local text, an embedded offline corpus, MQAR, fine-tuning tasks, the
-TFDS catalog) read with grain.
+"""Data: datasets by name (local text, an embedded offline corpus, MQAR, fine-tuning tasks,
+prepared token shards, the TFDS catalog) read with grain.
 
     data = build_data(config)                       # a Data: .tokenizer .vocab_size .train
     batch = to_global(next(data.train), sharding)   # {'inputs', 'targets'}: global jax.Arrays
+                                                    # (+ 'segment_ids'[, 'positions'])
     for batch in data.val_batches(n): ...            # the same n batches on every call
 
 `data.train` is a grain DatasetIterator: `get_state()`/`set_state()` give its position, and

@@ -18,6 +18,7 @@ import grain
 import numpy as np
 
 Batch = dict[str, np.ndarray]  # {'inputs', 'targets'}: int32 [batch_size // processes, seq_len]
+# (+ 'segment_ids', 'positions' of that shape where data.document_mask asks: shards.py)
 
 # Most batches cost tens of microseconds; a prefetch thread would only compete with XLA for the
 # CPU, and on accelerators JAX's async dispatch already overlaps the next batch with the step.

@@ -22,6 +22,7 @@ from gptjax.config import Config, ConfigError
 from gptjax.data import datasets
 from gptjax.data.base import Data
 from gptjax.data.mqar import build_mqar
+from gptjax.data.shards import build_tokens
 from gptjax.data.tasks import build_task_data
 from gptjax.data.text import TextData, build_text, text_dataset
 
@@ -32,6 +33,7 @@ DATASETS: dict[str, Builder] = {
     "embedded": text_dataset(datasets.embedded),  # CPython's documentation, no download
     "mqar": build_mqar,  # synthetic recall task: token ids, no text or tokenizer
     "task": build_task_data,  # fine-tuning examples in data.text_file, answers scored
+    "tokens": build_tokens,  # shards in data.tokens_dir, written by experiments.prepare_data
 }
 
 
@@ -90,10 +92,12 @@ def build_data(config: Config, *, tokenizer=None, process_index: int | None = No
     # it wrote to the cache serve the corrected run.
     vocab = config.model.vocab_size
     if vocab and vocab < data.vocab_size:
+        source = (f"the tokenizer of data.tokens_dir={config.data.tokens_dir!r}"
+                  if config.data.dataset == "tokens" else
+                  f"data.tokenizer={config.data.tokenizer!r}")
         raise ConfigError(
             f"model.vocab_size={vocab} is smaller than the tokenizer's {data.vocab_size} tokens "
-            f"(data.tokenizer={config.data.tokenizer!r}); set model.vocab_size=0 to take the "
-            "tokenizer's size")
+            f"({source}); set model.vocab_size=0 to take the tokenizer's size")
     return data
 
 

@@ -13,6 +13,8 @@ The permutation is numpy's, one per epoch for a whole batch at once: grain's per
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grain
 import numpy as np
 
@@ -28,9 +30,10 @@ def window_count(num_tokens: int, seq_len: int, phased: bool) -> int:
 class Windows:
     """Row n of an endless, epoch-wise shuffled stream of [seq_len+1] windows of `tokens`."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, *, seed: int, shuffle: bool,
-                 phased: bool):
-        self.tokens = np.asarray(tokens)  # a memmap's plain view: slicing a memmap is slow
+    def __init__(self, tokens, seq_len: int, *, seed: int, shuffle: bool, phased: bool):
+        # An array (a memmap's plain view: slicing a memmap is slow), or a stream with
+        # len() and windows(starts, length), as gptjax.data.shards' several shards are.
+        self.tokens = tokens if hasattr(tokens, "windows") else np.asarray(tokens)
         self.seq_len = seq_len
         self.count = window_count(len(tokens), seq_len, phased)
         # Phases that keep every window of an epoch inside the stream: [0, slack].
@@ -45,19 +48,26 @@ class Windows:
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """[len(rows), seq_len + 1] tokens."""
+        if not isinstance(self.tokens, np.ndarray):
+            return self.tokens.windows(self.starts(rows), self.seq_len + 1)
         return self.tokens[self.starts(rows)[:, None] + self._offsets]
 
 
 def host_batches(windows: Windows, global_batch: int, process_index: int,
-                 process_count: int) -> grain.MapDataset:
+                 process_count: int, extras: Callable[[np.ndarray], Batch] | None = None
+                 ) -> grain.MapDataset:
     """Endless MapDataset of this process's {'inputs', 'targets'}: int32 [local, seq_len].
 
     Batch t holds this process's rows of global batch t (gptjax.data.base.host_rows), so the
     processes' batches, concatenated in process order, are the single-process batch.
+    `extras(inputs)` adds arrays of the same shape (gptjax.data.shards: segment ids).
     """
     def batch(t: int, rows: np.ndarray) -> Batch:
         tokens = windows.rows(rows).astype(np.int32)
-        return {"inputs": np.ascontiguousarray(tokens[:, :-1]),
-                "targets": np.ascontiguousarray(tokens[:, 1:])}
+        out = {"inputs": np.ascontiguousarray(tokens[:, :-1]),
+               "targets": np.ascontiguousarray(tokens[:, 1:])}
+        if extras is not None:
+            out.update(extras(out["inputs"]))
+        return out
 
     return endless_batches(batch, global_batch, process_index, process_count)
