@@ -17,7 +17,7 @@ from gptjax.data.datasets import Corpus
 ENCODE_GROUP = 1024  # documents per encode_batch call when tokenizing many small documents
 
 
-def _fingerprint(tokenizer) -> str:
+def fingerprint(tokenizer) -> str:
     """A hash of the tokenizer's saved files: the token cache is valid for exactly this one."""
     digest = hashlib.sha256()
     with tempfile.TemporaryDirectory() as folder:
@@ -64,7 +64,7 @@ def token_stream(corpus: Corpus, split: str, tokenizer) -> np.ndarray:
     """The tokens of `split`, cached as .npy beside the prepared dataset (memory-mapped)."""
     name = re.sub(r"[^A-Za-z0-9_]+", "_", split).strip("_")
     path = pathlib.Path(corpus.builder.data_dir) / "gptjax_tokens" / (
-        f"{name}-{_fingerprint(tokenizer)}.npy")
+        f"{name}-{fingerprint(tokenizer)}.npy")
     if path.is_file():
         return np.load(path, mmap_mode="r")
     tokens = tokenize(corpus.documents(split), tokenizer)
