@@ -119,7 +119,7 @@ def expand(globs: Iterable[str], flag: str) -> list[str]:
     files = set()
     for pattern in globs:
         found = [p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
-                 if os.path.isfile(p)]
+                 if not os.path.isdir(p)]
         if not found:
             raise PrepareError(f"{flag}: no file matches {pattern!r}")
         for path in found:
@@ -138,8 +138,15 @@ def sources(settings: PrepareSettings) -> list[dict]:
     if both:
         raise PrepareError(f"{both[0]} is in both --inputs and --val_inputs; a document "
                            "belongs to one split")
-    return [{"path": p, "bytes": os.path.getsize(p), "split": split}
+    return [{"path": p, "bytes": _size(p), "split": split}
             for split, files in (("train", train), ("val", val)) for p in files]
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError as e:  # e.g. a link to a file that is gone
+        raise PrepareError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def _lines(path: str, stream) -> Iterator[tuple[int, str | None, str | None]]:
@@ -157,11 +164,13 @@ def _lines(path: str, stream) -> Iterator[tuple[int, str | None, str | None]]:
                     yield number, line, None
             offset += len(raw)
     except (OSError, EOFError, zlib.error) as e:
-        raise PrepareError(f"{path}: corrupt or truncated after line {number}: {e}") from None
+        where = f"after line {number}" if number else "at its start"
+        raise PrepareError(f"{path}: corrupt or truncated {where}: {e}") from None
     except Exception as e:  # zstandard.ZstdError; imported only for .zst files
         if type(e).__name__ != "ZstdError":
             raise
-        raise PrepareError(f"{path}: corrupt zstd data after line {number}: {e}") from None
+        where = f"after line {number}" if number else "at its start"
+        raise PrepareError(f"{path}: corrupt zstd data {where}: {e}") from None
 
 
 def _json_text(line: str, field: str) -> tuple[str | None, str | None]:
