@@ -259,3 +259,15 @@ def test_the_command_prints_one_line_and_exits_1_on_bad_input(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"prepare_data: error: --inputs: no file matches '{tmp_path}/*.jsonl'"]
+
+
+def test_a_document_the_tokenizer_cannot_encode_names_its_line(tmp_path):
+    folder = tmp_path / "char"
+    Tokenizer.char('abc {}":text').save(folder)  # a saved char vocabulary: no 'z'
+    (tmp_path / "a.jsonl").write_text('{"text": "abc"}\n{"text": "abz"}\n{"text": "cab"}\n')
+    with pytest.raises(PrepareError, match=r"a.jsonl line 2: character 'z'"):
+        run(tmp_path, str(tmp_path / "a.jsonl"), str(folder), num_workers=1)
+    outdir, manifest = run(tmp_path, str(tmp_path / "a.jsonl"), str(folder), name="skip",
+                           on_bad_document="skip")
+    assert manifest["skipped_documents"] == 1
+    assert Tokenizer.char('abc {}":text').decode(stream(outdir, manifest)) == "abccab"
