@@ -17,6 +17,8 @@ import time
 import numpy as np
 import psutil
 
+from gptjax.config import Config
+from gptjax.data import build_data
 from gptjax.tokenizers import _find_gpt2_folder
 
 DOC_BYTES = 4096
@@ -125,7 +127,7 @@ def bench_tokenize(corpus: pathlib.Path, workers: int, workdir: pathlib.Path,
         "gptjax prepare_data": [
             sys.executable, "-m", "experiments.prepare_data", f"--inputs={corpus}",
             "--tokenizer=gpt2", f"--outdir={workdir / 'prepared'}", f"--num_workers={workers}",
-            "--val_fraction=0"],
+            "--val_fraction=0.001"],  # the loader section reads its validation split
     }
     rows = []
     for name, command in runs.items():
@@ -136,4 +138,32 @@ def bench_tokenize(corpus: pathlib.Path, workers: int, workdir: pathlib.Path,
         row["tokens"] = tokens_in(workdir / ("fineweb" if "fineweb" in name else "prepared"))
         row["tokens_per_sec"] = row["tokens"] / row["seconds"]
         rows.append(row)
+    return rows
+
+
+def bench_loader(tokens_dir: pathlib.Path, *, seq_len: int = 1024, batch_size: int = 16,
+                 batches: int = 300, repeats: int = 5) -> list[dict]:
+    """Tokens/s that the training iterator alone delivers from `tokens_dir`'s shards (page cache
+    warm): plain windows, then with document segment ids and restarted positions."""
+    rows = []
+    for name, extra in (("windows", {}),
+                        ("+ document_mask, document_positions",
+                         {"document_mask": True, "document_positions": True})):
+        config = Config.from_dict({
+            "model": {"vocab_size": 0, "max_len": seq_len},
+            "data": {"dataset": "tokens", "tokens_dir": str(tokens_dir), "seq_len": seq_len,
+                     "batch_size": batch_size, **extra}})
+        data = build_data(config, process_index=0, process_count=1)
+        for _ in range(batches):  # a first pass pulls the windows' pages into the page cache
+            next(data.train)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(batches):
+                next(data.train)
+            times.append(time.perf_counter() - start)
+        seconds = float(np.median(times))
+        rows.append({"loader": name, "seq_len": seq_len, "batch_size": batch_size,
+                     "ms_per_batch": seconds / batches * 1e3,
+                     "tokens_per_sec": batches * batch_size * seq_len / seconds})
     return rows
