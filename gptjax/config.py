@@ -129,6 +129,8 @@ class DataConfig:
     mqar_num_kv_pairs: int = 8  # dataset='mqar': key-value pairs per sequence
     mqar_vocab_size: int = 256  # dataset='mqar': token ids, when model.vocab_size is 0
     data_dir: str | None = None  # prepared TFDS data; None: $GPTJAX_DATA_DIR or TFDS default
+    document_mask: bool = False  # windows carry segment ids; attention stays in its document
+    document_positions: bool = False  # with document_mask: positions restart at each document
 
     def validate(self) -> None:
         for name in ("seq_len", "batch_size"):
