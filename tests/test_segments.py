@@ -56,6 +56,15 @@ def _kernel(name):
     return functools.partial(kernels.get_kernel(name), **OPTIONS.get(name, {}))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fast_compiles():
+    # Tiny shapes: compile time dominates, and XLA's optimisations do not pay for themselves.
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
 # --- kernels -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", CPU_KERNELS + ["pallas"])
@@ -122,7 +131,7 @@ def test_mask_keeps_queries_to_their_segment_blockwise_too():
 # --- the model -----------------------------------------------------------------------------
 
 def model(attention="xla", position="learned", seed=0):
-    cfg = ModelConfig(vocab_size=50, max_len=T, num_layers=2, num_heads=H, d_model=32,
+    cfg = ModelConfig(vocab_size=50, max_len=T, num_layers=1, num_heads=H, d_model=32,
                       attention=attention, position=position)
     return GPT(cfg, rngs=nnx.Rngs(seed))
 
@@ -229,24 +238,27 @@ def train_losses(cfg, data, devices=None):
 
 
 @pytest.fixture(scope="module")
-def fast_compiles():
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+def single():
+    """(batches, their losses on one device)."""
+    cfg = config(dict(data=1))
+    data = batches(cfg)
+    return data, train_losses(cfg, data, devices=jax.devices()[:1])
 
 
 @pytest.mark.skipif(jax.device_count() != 8, reason="needs the 8 fake CPU devices of conftest")
 @pytest.mark.parametrize("mesh", [dict(data=8), dict(strategy="pmap"), dict(data=2, tensor=4)])
-def test_sharded_train_steps_with_segments_equal_one_device(mesh, fast_compiles):
-    cfg = config(mesh)
-    data = batches(cfg)
-    single = train_losses(dataclasses.replace(cfg, mesh=config(dict(data=1)).mesh), data,
-                          devices=jax.devices()[:1])
-    np.testing.assert_allclose(train_losses(cfg, data), single, atol=1e-5, rtol=0)
-    # ...and the keys are consumed: without them the same tokens train differently
-    plain = train_losses(cfg, [{k: b[k] for k in ("inputs", "targets")} for b in data])
-    assert not np.allclose(plain, single, atol=1e-4)
+def test_sharded_train_steps_with_segments_equal_one_device(mesh, single):
+    """jit data parallel on CPUs (gptjax.training.cpu's shard_map), pmap, and a tensor axis
+    split the batch's segment ids and positions with its tokens."""
+    data, losses = single
+    np.testing.assert_allclose(train_losses(config(mesh), data), losses, atol=1e-5, rtol=0)
+
+
+def test_the_train_step_consumes_the_keys(single):
+    data, losses = single
+    plain = train_losses(config(dict(data=1)), [{k: b[k] for k in ("inputs", "targets")}
+                                                for b in data], devices=jax.devices()[:1])
+    assert not np.allclose(plain, losses, atol=1e-4)
 
 
 def test_eval_step_passes_segment_ids_and_positions():
