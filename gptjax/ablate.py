@@ -32,7 +32,7 @@ from gptjax.model import apply, positions, split
 from gptjax.tokenizers import Tokenizer
 from gptjax.training import train
 from gptjax.training.checkpoint import load_model
-from gptjax.training.steps import cross_entropy
+from gptjax.training.steps import cross_entropy, model_inputs
 
 
 def load_config_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
@@ -152,7 +152,8 @@ def evaluate_at_length(workdir, config, multiple: int) -> float | None:
     cfg = Config.from_dict(long)
     data = build_data(cfg, tokenizer=_saved_tokenizer(workdir), process_index=0,
                       process_count=1)
-    step = jax.jit(lambda p, b: cross_entropy(apply(graphdef, p, b["inputs"]), b["targets"])[0])
+    step = jax.jit(lambda p, b: cross_entropy(apply(graphdef, p, b["inputs"], **model_inputs(b)),
+                                              b["targets"])[0])
     losses = [float(step(params, b)) for b in data.val_batches(cfg.train.eval_steps)]
     return float(np.mean(losses))
 

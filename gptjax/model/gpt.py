@@ -22,11 +22,12 @@ from gptjax.model.masks import Mask
 from gptjax.parallel.rules import with_logical_constraint as constrain  # no-op off a mesh
 
 
-def check_config(cfg: ModelConfig, seq_len: int | None = None) -> None:
+def check_config(cfg: ModelConfig, seq_len: int | None = None, *, segments: bool = False) -> None:
     """Raise ConfigError if the registries cannot build cfg: its position encoding and its
-    attention kernel (with that kernel's limits; seq_len: a training length). Reads nothing."""
+    attention kernel (with that kernel's limits; seq_len: a training length; segments: batches
+    carry segment ids, data.document_mask). Reads nothing."""
     positions.check(cfg)
-    kernels.check(cfg, seq_len)
+    kernels.check(cfg, seq_len, segments=segments)
     limit = positions.get(cfg.position).max_positions(cfg)
     if seq_len is not None and limit is not None and seq_len > limit:
         raise ConfigError(f"data.seq_len={seq_len} is invalid: must not exceed model.max_len="
@@ -87,28 +88,35 @@ class GPT(nnx.Module):
                                      std=0.02, rngs=rngs, use_bias=False,
                                      used_out=cfg.vocab_size)
 
-    def __call__(self, tokens, *, positions_=None, attention_mask_=None, deterministic=True,
-                 rngs: nnx.Rngs | None = None):
+    def __call__(self, tokens, *, positions_=None, attention_mask_=None, segment_ids_=None,
+                 deterministic=True, rngs: nnx.Rngs | None = None):
         """tokens: [batch, seq] int -> logits [batch, seq, vocab] (float32).
 
         positions_: [batch, seq] position ids (default 0..seq-1); attention_mask_: [batch, seq],
-        0 for padding; rngs: an nnx.Rngs with a 'dropout' stream when deterministic=False.
+        0 for padding; segment_ids_: [batch, seq] int, packed documents (a token attends only
+        to earlier tokens with its own id); rngs: an nnx.Rngs with a 'dropout' stream when
+        deterministic=False.
         """
         logits, _ = self.forward(tokens, positions_=positions_, kv_valid=attention_mask_,
-                                 deterministic=deterministic, rngs=rngs)
+                                 segment_ids_=segment_ids_, deterministic=deterministic,
+                                 rngs=rngs)
         return logits
 
-    def forward(self, tokens, *, positions_=None, kv_valid=None, cache=None, cache_index=0,
-                deterministic=True, rngs=None, logits=True):
+    def forward(self, tokens, *, positions_=None, kv_valid=None, segment_ids_=None, cache=None,
+                cache_index=0, deterministic=True, rngs=None, logits=True):
         """The full pass, with an optional KV cache (a list with one {'k','v'} per layer).
 
         With a cache, tokens are written at slots cache_index.. and kv_valid: [batch, cache_len]
-        marks which slots hold real tokens. Returns (logits, cache); with logits=False, (the
-        final LayerNorm's output [batch, seq, d_model], cache), for callers that apply the LM
-        head (`lm_head_logits`) to some positions only, as decoding does to the last.
+        marks which slots hold real tokens. segment_ids_: [batch, seq], no cache (see __call__).
+        Returns (logits, cache); with logits=False, (the final LayerNorm's output
+        [batch, seq, d_model], cache), for callers that apply the LM head (`lm_head_logits`) to
+        some positions only, as decoding does to the last.
         """
         cfg = self.cfg
         b, t = tokens.shape
+        if segment_ids_ is not None and cache is not None:
+            raise ValueError("GPT.forward: segment_ids_ (packed documents) is for a pass over "
+                             "whole sequences; decode one document per row with a cache instead")
         if positions_ is None:
             positions_ = jnp.broadcast_to(jnp.arange(t) + cache_index, (b, t))
         position = positions.get(cfg.position)
@@ -118,7 +126,7 @@ class GPT(nnx.Module):
 
         q_slots = jnp.arange(t) + cache_index
         kv_slots = jnp.arange(t if cache is None else cache[0]["k"].shape[1])
-        mask = Mask(q_slots, kv_slots, kv_valid, position.slopes(cfg), cfg.window)
+        mask = Mask(q_slots, kv_slots, kv_valid, position.slopes(cfg), cfg.window, segment_ids_)
 
         new_cache = []
         for i, block in enumerate(self.blocks):

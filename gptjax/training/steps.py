@@ -1,8 +1,9 @@
 """Pure, jitted train and eval steps: (state, batch) -> (state, metrics).
 
-A batch is {'inputs', 'targets': int32 [batch, seq]}. train_step_fn and eval_step_fn are the
-pure steps; compile_train_step compiles the train step for a Plan (its shardings, on the state's
-leaves). None of them does I/O.
+A batch is {'inputs', 'targets': int32 [batch, seq]}, with packed documents (data.document_mask)
+also 'segment_ids' and optionally 'positions' (int32 [batch, seq], see model_inputs).
+train_step_fn and eval_step_fn are the pure steps; compile_train_step compiles the train step for
+a Plan (its shardings, on the state's leaves). None of them does I/O.
 """
 
 from __future__ import annotations
@@ -55,13 +56,24 @@ def accuracy(logits, targets):
     return hits.sum() / jnp.maximum(scored.sum(), 1)
 
 
+# Optional batch keys -> the GPT keyword arguments they feed (absent keys: nothing passed).
+MODEL_INPUTS = {"segment_ids": "segment_ids_", "positions": "positions_"}
+
+
+def model_inputs(batch) -> dict:
+    """The GPT keyword arguments a batch carries besides its tokens: segment ids (attention
+    kept within each document) and positions (restarting at each document)."""
+    return {arg: batch[key] for key, arg in MODEL_INPUTS.items() if key in batch}
+
+
 def sums_fn(params, graphdef, batch, *, dropout_key=None, z_loss: float = 0.0):
     """(summed objective, (summed cross-entropy, summed z-term, scored-token count)).
 
     The train step differentiates the sum and divides the gradients by the count afterwards:
     the same gradient as the mean's, with nothing in the backward pass waiting on the count.
     """
-    logits = apply(graphdef, params, batch["inputs"], deterministic=dropout_key is None,
+    logits = apply(graphdef, params, batch["inputs"], **model_inputs(batch),
+                   deterministic=dropout_key is None,
                    rngs=None if dropout_key is None else nnx.Rngs(dropout=dropout_key))
     ce, z, count = cross_entropy_sums(logits, batch["targets"], z_loss)
     return ce + z, (ce, z, count)
@@ -146,7 +158,8 @@ def eval_step_fn(graphdef):
     """The pure eval step: (params, batch) -> {'loss': mean cross-entropy, 'accuracy'}."""
 
     def step(params, batch):
-        logits = apply(graphdef, params, batch["inputs"], deterministic=True)
+        logits = apply(graphdef, params, batch["inputs"], **model_inputs(batch),
+                       deterministic=True)
         ce, _ = cross_entropy(logits, batch["targets"])
         return {"loss": ce, "accuracy": accuracy(logits, batch["targets"])}
 

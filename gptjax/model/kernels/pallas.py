@@ -6,8 +6,9 @@ take one K/V head per query head, a causal flag and segment ids, and nothing els
 Mask describes, so:
 
 - supported: causal self-attention over the whole sequence (the training case: q_slots ==
-  kv_slots == 0..T-1), full attention (mask=None), padding (kv_valid) as segment ids, MHA, and
-  GQA/MQA by repeating the K/V heads (the repeat's VJP sums their gradients back);
+  kv_slots == 0..T-1), full attention (mask=None), padding (kv_valid) and packed documents
+  (the mask's segment ids) as the ops' segment ids, MHA, and GQA/MQA by repeating the K/V heads
+  (the repeat's VJP sums their gradients back);
 - refused with a ValueError naming the fix: sliding window, ALiBi, attention-weight dropout and
   a KV-cache step (q_len != kv_len); `blockwise` or `xla` do those.
 
@@ -32,11 +33,13 @@ from gptjax.model.masks import Mask
 INTERPRET = False
 # Triton's tl.dot needs tiles of at least 16 rows and columns.
 MIN_BLOCK = 16
+# The segment id of padding: no document's (ids are document indices, never this negative).
+PAD = -(2 ** 31)
 
 
 # Runs start only on a GPU/TPU (kernels.check_available); interpret mode is for direct calls.
 @register("pallas", backends=("gpu", "tpu"), instead="'blockwise' or 'xla'", dropout=False,
-          window=False, alibi=False)
+          window=False, alibi=False, segments=True)
 def pallas_attention(q, k, v, mask: Mask | None = None, *, dropout_rate=0.0, dropout_rng=None,
                      block_q: int = 128, block_k: int = 128, block_bwd: int = 32,
                      interpret: bool | None = None):
@@ -55,13 +58,7 @@ def pallas_attention(q, k, v, mask: Mask | None = None, *, dropout_rate=0.0, dro
     fit = max(MIN_BLOCK, _next_pow2(t))
     bq, bk = min(_next_pow2(block_q), fit), min(_next_pow2(block_k), fit)
     tp = -(-t // max(bq, bk)) * max(bq, bk)
-    # Segment ids [batch, tp]: 1 for real tokens, 0 for padding and for the tile padding at the
-    # end (which causality hides anyway, but full attention would not); none if all are real.
-    padded = mask is not None and mask.kv_valid is not None
-    segments = None
-    if padded or (tp > t and not causal):
-        valid = mask.kv_valid.astype(bool) if padded else jnp.ones((1, t), bool)
-        segments = jnp.pad(jnp.broadcast_to(valid, (b, t)).astype(jnp.int32), ((0, 0), (0, tp - t)))
+    segments = _segment_ids(mask, b, t, tp, causal)
     group = h // k.shape[2]
     k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)  # one K/V head per query
     q, k, v = (jnp.pad(x, ((0, 0), (0, tp - t), (0, 0), (0, 0))) for x in (q, k, v))
@@ -84,6 +81,9 @@ def _check(q, k, mask, dropout_rate, dropout_rng) -> bool:
             "GPT.from_pretrained(path, attention='xla')")
     if mask is None:
         return False
+    if mask.kv_segments is not None:
+        raise ValueError("model.attention='pallas' takes one array of segment ids for queries "
+                         "and keys (self-attention); use model.attention='blockwise' or 'xla'")
     if mask.window is not None:
         raise ValueError(f"model.attention='pallas' has no sliding window (model.window="
                          f"{mask.window}); use model.attention='blockwise' or 'xla'")
@@ -98,6 +98,20 @@ def _check(q, k, mask, dropout_rate, dropout_rng) -> bool:
                 f"model.attention='pallas' needs mask.{name} = 0..T-1 (causal self-attention "
                 "from slot 0); use model.attention='blockwise' or 'xla' for a KV-cache step")
     return True
+
+
+def _segment_ids(mask, b, t, tp, causal):
+    """The ops' segment ids [batch, tp], or None if every key may be seen: the mask's (or 1 for
+    every real token), PAD for padding and for the tile padding at the end (which causality
+    hides anyway, but full attention would not)."""
+    padded = mask is not None and mask.kv_valid is not None
+    documents = mask is not None and mask.q_segments is not None
+    if not (padded or documents or (tp > t and not causal)):
+        return None
+    ids = mask.q_segments.astype(jnp.int32) if documents else jnp.ones((1, t), jnp.int32)
+    if padded:
+        ids = jnp.where(mask.kv_valid.astype(bool), ids, PAD)
+    return jnp.pad(jnp.broadcast_to(ids, (b, t)), ((0, 0), (0, tp - t)), constant_values=PAD)
 
 
 def _next_pow2(n: int) -> int:

@@ -32,7 +32,7 @@ def attention_weights(q, k, dense, bias, subscripts="bqhd,bkhd->bhqk"):
     return jax.nn.softmax(scores, axis=-1)
 
 
-@register("reference")
+@register("reference", segments=True)
 def reference_attention(q, k, v, mask=None, *, dropout_rate=0.0, dropout_rng=None):
     """The oracle, written step by step as the background article describes (sections 3.1, 4.2).
 

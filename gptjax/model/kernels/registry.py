@@ -4,7 +4,8 @@ Every kernel has one signature so the model, the benchmarks and the tests can sw
 
     kernel(q, k, v, mask, *, dropout_rate=0.0, dropout_rng=None) -> out
     q: [batch, q_len, heads, head_dim]     k, v: [batch, kv_len, kv_heads, head_dim]
-    mask: a gptjax.model.masks.Mask (causal, window, padding, ALiBi), or None for full attention
+    mask: a gptjax.model.masks.Mask (causal, window, padding, ALiBi, segment ids), or None for
+          full attention
     dropout_rate, dropout_rng: dropout on the attention weights (training only)
     out: [batch, q_len, heads, head_dim]
 
@@ -34,9 +35,10 @@ class Kernel(Protocol):
 @dataclasses.dataclass(frozen=True)
 class Requirements:
     """What a kernel can do. backends ('cpu', 'gpu', 'tpu') and compute dtypes: None for any;
-    instead: the kernel(s) an error suggests; dropout, window, alibi: whether it applies
-    attention-weight dropout, a sliding window, ALiBi's score bias; rules(cfg, seq_len): its
-    own shape and length rules, raising ConfigError (seq_len None: not a training run)."""
+    instead: the kernel(s) an error suggests; dropout, window, alibi, segments: whether it
+    applies attention-weight dropout, a sliding window, ALiBi's score bias, the mask's segment
+    ids (packed documents); rules(cfg, seq_len): its own shape and length rules, raising
+    ConfigError (seq_len None: not a training run)."""
 
     backends: tuple[str, ...] | None = None
     dtypes: tuple[str, ...] | None = None
@@ -44,6 +46,9 @@ class Requirements:
     dropout: bool = True
     window: bool = True
     alibi: bool = True
+    # Off unless declared: a kernel that ignored the segment ids would attend across documents
+    # without a word, so it must say it reads them.
+    segments: bool = False
     rules: Callable[[ModelConfig, int | None], None] | None = None
 
 
@@ -74,9 +79,10 @@ def _fail(field: str, value, why: str):
     raise ConfigError(f"{field}={value!r} is invalid: {why}")
 
 
-def check(cfg: ModelConfig, seq_len: int | None = None) -> None:
+def check(cfg: ModelConfig, seq_len: int | None = None, *, segments: bool = False) -> None:
     """Raise ConfigError if model.attention is unknown or cannot do what cfg asks of it:
-    dropout, dtype, window, ALiBi and the kernel's own rules (seq_len: a training length)."""
+    dropout, dtype, window, ALiBi, segment ids (segments: data.document_mask) and the kernel's
+    own rules (seq_len: a training length)."""
     get_kernel(cfg.attention)
     name, needs = cfg.attention, REQUIREMENTS[cfg.attention]
     if not needs.dropout and cfg.dropout > 0:
@@ -93,6 +99,11 @@ def check(cfg: ModelConfig, seq_len: int | None = None) -> None:
     if not needs.alibi and positions.get(cfg.position).slopes(cfg) is not None:
         _fail("model.position", cfg.position, f"model.attention={name!r} cannot apply its "
               f"score bias; set model.position='rope' or use model.attention={needs.instead}")
+    if segments and not needs.segments:
+        able = [n for n, r in REQUIREMENTS.items() if r.segments]
+        _fail("data.document_mask", True, f"model.attention={name!r} cannot take segment ids "
+              f"(attention kept within each document); choose a model.attention that can, one "
+              f"of {able}, or set data.document_mask=False")
     if needs.rules is not None:
         needs.rules(cfg, seq_len)
 

@@ -29,7 +29,7 @@ def _dot_product_attention(q, k, v, mask=None, *, dropout_rate=0.0, dropout_rng=
                                         implementation=implementation)
 
 
-register("xla")(functools.partial(_dot_product_attention, implementation="xla"))
+register("xla", segments=True)(functools.partial(_dot_product_attention, implementation="xla"))
 
 
 CUDNN_MAX_HEAD_DIM = 256  # jax's cuDNN flash attention: <= 256 on Hopper and later, 128 before
@@ -50,8 +50,11 @@ def _cudnn_rules(cfg: ModelConfig, seq_len: int | None) -> None:
 
 
 # jax's cuDNN path (jax/_src/cudnn/fused_attention_stablehlo.py) rejects other dtypes.
+# Segment ids join the boolean mask, which jax hands cuDNN as a [batch, 1, T, T] score bias
+# (fused_attention_stablehlo.combine_bias_and_mask): O(T^2) memory per row, as the causal mask
+# here already costs, not cuDNN's packed-sequence (THD) path.
 @register("cudnn", backends=("gpu",), dtypes=("bfloat16", "float16"), dropout=False,
-          rules=_cudnn_rules)
+          segments=True, rules=_cudnn_rules)
 def cudnn_attention(q, k, v, mask=None, *, dropout_rate=0.0, dropout_rng=None):
     """jax.nn.dot_product_attention's cuDNN fused kernel (GPU only, fp16/bf16)."""
     check_available("cudnn", dtype=q.dtype)  # direct callers get the message, not jax's
