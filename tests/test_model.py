@@ -39,7 +39,7 @@ def test_kv_cache_decoding_equals_full_forward(position, kv_heads):
     full = model(tokens)
     cache_len = 16
     cache = model.init_cache(2, cache_len)
-    assert cache[0]["k"].shape == (2, cache_len, kv_heads, 8)  # MQA: one K/V head cached
+    assert cache[0]["k"].shape == (2 * kv_heads, cache_len, 8)  # MQA: one K/V head cached
     valid = lambda n: jnp.broadcast_to(jnp.arange(cache_len) < n, (2, cache_len))  # noqa: E731
     logits, cache = model.forward(tokens[:, :5], cache=cache, cache_index=0, kv_valid=valid(5))
     np.testing.assert_allclose(logits, full[:, :5], atol=1e-5)

@@ -99,7 +99,9 @@ def _prefill_beams(graphdef, params, prompt, valid, spec: Spec):
     k = spec.num_beams
     logits, cache, kv_valid, num_pad = prefill(graphdef, params, prompt, valid, spec.cache_len)
     logits, kv_valid, num_pad = (jnp.repeat(x, k, axis=0) for x in (logits, kv_valid, num_pad))
-    cache = jax.tree.map(lambda c: jnp.repeat(c, k, axis=0), cache)
+    batch = prompt.shape[0]  # a cache row per (sequence, K/V head): repeat each sequence's rows
+    cache = jax.tree.map(lambda c: jnp.repeat(c.reshape(batch, -1, *c.shape[1:]), k, axis=0)
+                         .reshape(-1, *c.shape[1:]), cache)
     return logits, cache, kv_valid, num_pad
 
 
@@ -223,7 +225,7 @@ def _follow_beams(cache, rows_of, source):
     """The KV cache follows the reordered beams without a full gather (see `place`):
     (new rows_of, cache)."""
     rows_of, dst, src, copies = place(rows_of, source)
-    return rows_of, copy_rows(cache, dst, src, copies)
+    return rows_of, copy_rows(cache, dst, src, copies, rows_of.size)
 
 
 def place(rows_of, source):
@@ -255,11 +257,16 @@ def place(rows_of, source):
     return new_rows, dst, src, jnp.sum(copy)
 
 
-def copy_rows(cache, dst, src, n):
-    """cache rows dst[i] <- src[i] for i < n, in place (no destination is also a source)."""
+def copy_rows(cache, dst, src, n, rows: int):
+    """Sequence rows dst[i] <- src[i] for i < n, in place (no destination is also a source).
+    A cache of `rows` sequences holds c.shape[0] // rows consecutive rows for each."""
 
     def one(i, cache):
-        return jax.tree.map(lambda c: jax.lax.dynamic_update_slice_in_dim(
-            c, jax.lax.dynamic_slice_in_dim(c, src[i], 1, axis=0), dst[i], axis=0), cache)
+        def move(c):
+            r = c.shape[0] // rows
+            return jax.lax.dynamic_update_slice_in_dim(
+                c, jax.lax.dynamic_slice_in_dim(c, src[i] * r, r, axis=0), dst[i] * r, axis=0)
+
+        return jax.tree.map(move, cache)
 
     return jax.lax.fori_loop(0, n, one, cache)

@@ -51,19 +51,18 @@ class CausalSelfAttention(nnx.Module):
                  deterministic: bool = True, rngs: nnx.Rngs | None = None):
         """x: [batch, seq, d_model] -> ([batch, seq, d_model], updated cache or None).
 
-        cache: {'k', 'v': [batch, cache_len, kv_heads, head_dim]}; this call's keys and values are
-        written at slot `cache_index` and the queries attend over the whole cache (`mask` hides
-        the slots not yet written).
+        cache: {'k', 'v': [batch * kv_heads, cache_len, head_dim]} (see GPT.init_cache); this
+        call's keys and values are written at slot `cache_index` and the queries attend over the
+        whole cache (`mask` hides the slots not yet written).
         """
         cfg = self.cfg
         b, t, _ = x.shape
         q, k, v = self.project(x, positions_)
         if cache is not None:
-            start = (0, cache_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
-            cache = {"k": k, "v": v}
-            k, v = k.astype(q.dtype), v.astype(q.dtype)
+            cache = {name: jax.lax.dynamic_update_slice(
+                cache[name], _to_cache(new).astype(cache[name].dtype), (0, cache_index, 0))
+                for name, new in (("k", k), ("v", v))}
+            k, v = (_from_cache(cache[name], b).astype(q.dtype) for name in ("k", "v"))
         if self.sow_weights:  # the weights of this very q, k and mask, as the reference forms them
             self.sow(nnx.Intermediate, "attention_weights",
                      attention_weights(q, repeat_kv(q, k, v)[0], mask.dense(), mask.bias()))
@@ -76,3 +75,16 @@ class CausalSelfAttention(nnx.Module):
         # concatenate the heads and project back to d_model
         y = self.out(y.reshape(b, t, cfg.num_heads * cfg.head_dim))
         return self.resid_dropout(y, deterministic=deterministic, rngs=rngs), cache
+
+
+def _to_cache(x):
+    """[batch, seq, kv_heads, head_dim] -> the cache's [batch * kv_heads, seq, head_dim]."""
+    b, t, h, d = x.shape
+    return x.swapaxes(1, 2).reshape(b * h, t, d)
+
+
+def _from_cache(c, batch: int):
+    """The cache's [batch * kv_heads, cache_len, head_dim] -> [batch, cache_len, kv_heads,
+    head_dim], as kernels take keys and values (a view: XLA folds it into their reads)."""
+    n, t, d = c.shape
+    return c.reshape(batch, n // batch, t, d).swapaxes(1, 2)

@@ -154,9 +154,12 @@ class GPT(nnx.Module):
         return mask_padded_vocab(self.cfg, logits.astype(jnp.float32))
 
     def init_cache(self, batch_size: int, cache_len: int, dtype=None) -> list[dict[str, Any]]:
-        """Zeroed KV cache, [batch, cache_len, kv_heads, head_dim] per layer for k and v."""
+        """Zeroed KV cache, [batch * kv_heads, cache_len, head_dim] per layer for k and v: row
+        r * kv_heads + h holds K/V head h of sequence r. Each head's keys lie contiguous and the
+        products of a decode step read and update the cache in place; on XLA:CPU a [batch,
+        cache_len, kv_heads, head_dim] cache, or any 4-D one, was copied whole every step."""
         cfg = self.cfg
-        shape = (batch_size, cache_len, cfg.num_kv_heads, cfg.head_dim)
+        shape = (batch_size * cfg.num_kv_heads, cache_len, cfg.head_dim)
         dtype = dtype or jnp.dtype(cfg.dtype)
         return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
                 for _ in range(cfg.num_layers)]

@@ -1,4 +1,4 @@
-"""jax.nn.dot_product_attention as kernels: `xla` (any backend; on CPUs over many queries,
+"""jax.nn.dot_product_attention as kernels: `xla` (any backend; on CPUs,
 gptjax.model.kernels.xla_cpu) and `cudnn` (NVIDIA's fused kernel, GPU only)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from gptjax.config import ConfigError, ModelConfig
 from gptjax.model import cpu
 from gptjax.model.kernels.reference import reference_attention
 from gptjax.model.kernels.registry import check_available, register
-from gptjax.model.kernels.xla_cpu import xla_cpu
+from gptjax.model.kernels.xla_cpu import xla_cpu, xla_cpu_decode
 
 
 def _dot_product_attention(q, k, v, mask=None, *, dropout_rate=0.0, dropout_rng=None,
@@ -23,8 +23,8 @@ def _dot_product_attention(q, k, v, mask=None, *, dropout_rate=0.0, dropout_rng=
     dense = bias = None
     if mask is not None:
         dense, bias = mask.dense(), mask.bias()
-    if implementation == "xla" and q.shape[1] > 1 and cpu.on_cpu():
-        return xla_cpu(q, k, v, dense, bias)
+    if implementation == "xla" and cpu.on_cpu():
+        return (xla_cpu if q.shape[1] > 1 else xla_cpu_decode)(q, k, v, dense, bias)
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=dense,
                                         implementation=implementation)
 

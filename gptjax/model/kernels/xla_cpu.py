@@ -1,5 +1,6 @@
-"""The xla kernel's CPU path: what `xla` runs over many queries (training, evaluation, prefill)
-when JAX computes on CPUs. gptjax.model.kernels.xla chooses it; other backends never see it."""
+"""The xla kernel's CPU paths: what `xla` runs over many queries (training, evaluation, prefill)
+and for one query per row (decoding) when JAX computes on CPUs. gptjax.model.kernels.xla chooses
+them; other backends never see them."""
 
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ def xla_cpu(q, k, v, dense, bias):
       mask joins the one pass that forms dS.
     - Repeating the K/V heads costs O(T d); jax's grouped path (a vmap over the query heads
       that share a K/V head) held 2x the temporaries for the same time.
-    Other backends, and a decode step (one query, read from the cache in place), keep
-    jax.nn.dot_product_attention. Known cost: folding a head-sharded axis into the batch axis
+    Other backends keep jax.nn.dot_product_attention; a decode step (one query) is
+    xla_cpu_decode's. Known cost: folding a head-sharded axis into the batch axis
     doubles a TP step's time and XLA temporaries on CPU meshes (docs/bench_scaling.md); a
     [batch, heads, T, d] layout avoids that but measured as slow as the reference at 1k."""
     return xla_cpu_fwd(q, k, v, dense, bias)[0]
@@ -99,3 +100,28 @@ def xla_cpu_bwd(res, dout):
 
 
 xla_cpu.defvjp(xla_cpu_fwd, xla_cpu_bwd)
+
+
+def xla_cpu_decode(q, k, v, dense, bias):
+    """The xla kernel for one query per row (a decode step) on CPUs: q [batch, 1, heads, d]
+    against the cache's k, v [batch, kv_len, kv_heads, d]; the reference's arithmetic as
+    products over (sequence, K/V head) rows, [batch * kv_heads, ..., d].
+
+    Those rows are how the KV cache lies (GPT.init_cache), so XLA reads and updates it in place;
+    jax.nn.dot_product_attention's grouped einsum made XLA:CPU copy each layer's whole K cache
+    transposed on every step (~10-20% of a 124M decode step at 256-1024 slots). The queries
+    sharing a K/V head (MQA/GQA) are that row's queries, so K/V heads are never repeated."""
+    batch, _, heads, d = q.shape
+    kv_len, kv_heads = k.shape[1], k.shape[2]
+    group = heads // kv_heads
+    rows = lambda x: x.swapaxes(1, 2).reshape(batch * kv_heads, kv_len, d)  # noqa: E731
+    qg = q.reshape(batch * kv_heads, group, d)
+    scores = jnp.einsum("ngd,nsd->ngs", qg, rows(k)).astype(jnp.float32)
+    scores = scores.reshape(batch, heads, 1, kv_len) / jnp.sqrt(jnp.float32(d))
+    if bias is not None:
+        scores = scores + bias
+    if dense is not None:
+        scores = jnp.where(dense, scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("ngs,nsd->ngd", weights.reshape(batch * kv_heads, group, kv_len), rows(v))
+    return out.reshape(batch, 1, heads, d)
