@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 import json
 import os
 import pathlib
@@ -236,29 +237,25 @@ def _mergeable_ranks(model: dict, added: dict[str, int]) -> dict[bytes, int] | s
     Exact: every token is a byte or made by one merge, and ids increase with the merges' order,
     so ranking pairs by the id of what they make (tiktoken) ranks them as the merges do.
     """
+    vocab = {token: i for token, i in model["vocab"].items() if token not in added}
+    for token, i in added.items():
+        if model["vocab"].get(token, i) != i:
+            return f"special token {token!r} has id {i}, but {model['vocab'][token]} in the vocabulary"
     chars = _gpt2_byte_chars()
-    ranks: dict[bytes, int] = {}
-    for token, i in model["vocab"].items():
-        if token in added:
-            if added[token] != i:
-                return f"special token {token!r} has id {added[token]}, but {i} in the vocabulary"
-            continue
-        if any(c not in chars for c in token):
-            return f"token {token!r} is not written in GPT-2's byte alphabet"
-        ranks[bytes(chars[c] for c in token)] = i
-    made, last = {bytes([b]) for b in range(256)}, -1
-    if not made <= ranks.keys():
+    made, last = set(chars), -1  # as tokenizers writes them: strings of the byte alphabet
+    if not made <= vocab.keys():
         return "the vocabulary lacks some of the 256 byte tokens"
     for k, merge in enumerate(model["merges"]):
         a, b = merge.split(" ") if isinstance(merge, str) else merge
-        pair = bytes(chars[c] for c in a + b)
-        if ranks.get(pair, -1) <= last:
+        if vocab.get(a + b, -1) <= last:
             return f"merge {k} ({a!r}, {b!r}) does not make a token of a higher id than merge {k - 1}"
-        last = ranks[pair]
-        made.add(pair)
-    if len(made) != len(ranks) or len(set(ranks.values())) != len(ranks):
+        last = vocab[a + b]
+        made.add(a + b)
+    if len(made) != len(vocab) or len(set(vocab.values())) != len(vocab):
         return "some tokens are made by no merge (tiktoken would emit them, tokenizers never)"
-    return ranks
+    # Every char of every token is now of the alphabet (bytes or merges of them): map it to bytes.
+    table = str.maketrans({c: chr(byte) for c, byte in chars.items()})
+    return {token.translate(table).encode("latin-1"): i for token, i in vocab.items()}
 
 
 def _tiktoken_for(tok: hf.Tokenizer) -> tuple[_FastGPT2 | None, str]:
@@ -606,12 +603,9 @@ def encode_documents(tokenizer: Tokenizer | str, texts: Sequence[str],
                 errors[i] = str(e)
                 ids.append(None)
     lengths = np.array([0 if d is None else len(d) + len(eos) for d in ids], np.int64)
-    flat: list[int] = []
-    for d in ids:
-        if d is not None:
-            flat += d
-            flat += eos
-    return np.array(flat, dtype), lengths, errors
+    pieces = itertools.chain.from_iterable((d, eos) for d in ids if d is not None)
+    flat = np.fromiter(itertools.chain.from_iterable(pieces), dtype, count=int(lengths.sum()))
+    return flat, lengths, errors
 
 
 def _document_encoder(tok: Tokenizer) -> Callable[[list[str]], list[list[int]]]:

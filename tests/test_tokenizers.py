@@ -150,6 +150,20 @@ def random_strings(seed: int, count: int) -> list[str]:
     return texts
 
 
+def test_fast_path_ranks_are_tiktokens_own_gpt2(real_gpt2):
+    """Converted from tokenizers' vocab and merges, the ranks equal what tiktoken itself makes of
+    OpenAI's encoder.json + vocab.bpe (ids == ranks: the conversion is exact)."""
+    load = pytest.importorskip("tiktoken.load")
+    folder = tokenizers_module._find_gpt2_folder()
+    if not (folder / "vocab.bpe").is_file():
+        pytest.skip("GPT-2's files here are not OpenAI's encoder.json + vocab.bpe")
+    want = load.data_gym_to_mergeable_bpe_ranks(str(folder / "vocab.bpe"),
+                                                 str(folder / "encoder.json"))
+    fast, _ = real_gpt2._codec.fast()
+    assert fast.encoding._mergeable_ranks == want
+    assert fast.encoding._special_tokens == {EOT: 50256}
+
+
 def test_fast_path_equals_tokenizers_on_shakespeare(real_gpt2, shakespeare_path):
     text = shakespeare_path.read_text(encoding="utf-8")
     docs = [text] + text.split("\n\n")
