@@ -18,12 +18,14 @@ same ids (`_tiktoken_for` says why not otherwise): several times faster.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import itertools
 import json
 import os
 import pathlib
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -623,6 +625,18 @@ def _document_encoder(tok: Tokenizer) -> Callable[[list[str]], list[list[int]]]:
                 return fast.encode_batch(texts)
             return encode_batch
     return tok.encode_batch
+
+
+def fingerprint(tokenizer: Tokenizer) -> str:
+    """A hash of the tokenizer's saved files: a token cache or shard folder is valid for exactly
+    this one (16 hex digits)."""
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save(folder)
+        for path in sorted(pathlib.Path(folder).rglob("*")):
+            if path.is_file():
+                digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=4)

@@ -36,8 +36,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from gptjax.data.tokens import fingerprint
-from gptjax.tokenizers import Tokenizer, encode_documents
+from gptjax.tokenizers import Tokenizer, encode_documents, fingerprint
 
 FORMAT = "gptjax-tokens/1"
 MANIFEST = "manifest.json"
