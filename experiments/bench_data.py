@@ -69,8 +69,8 @@ def report(rows: list[dict], machine: str) -> str:
     if not rows:
         return "\n".join(lines) + "\n"
     lines += ["", "## tokenize: GPT-2 BPE into uint16 shards, same corpus, same workers", "",
-             "| tool | corpus MiB | workers | tokens | seconds | M tokens/s | peak RSS MiB |"
-             " vs fineweb.py |", "|---|---|---|---|---|---|---|---|"]
+              "| tool | corpus MiB | workers | tokens | seconds | CPU seconds | M tokens/s |"
+              " peak RSS MiB | vs fineweb.py |", "|---|---|---|---|---|---|---|---|---|"]
     peer = {}
     for row in rows:
         if "fineweb" in row["tool"]:
@@ -78,6 +78,7 @@ def report(rows: list[dict], machine: str) -> str:
         ratio = row["tokens_per_sec"] / peer.get(row["corpus_mb"], row["tokens_per_sec"])
         lines.append(f"| {row['tool']} | {row['corpus_mb']:.0f} | {row['workers']} | "
                      f"{row['tokens']:,} | {row['seconds']:.1f} | "
+                     f"{row.get('cpu_seconds', float('nan')):.1f} | "
                      f"{row['tokens_per_sec'] / 1e6:.3f} | {row['peak_rss_mib']:.0f} | "
                      f"{ratio:.2f}x |")
     return "\n".join(lines) + "\n"

@@ -271,3 +271,18 @@ def test_a_document_the_tokenizer_cannot_encode_names_its_line(tmp_path):
                            on_bad_document="skip")
     assert manifest["skipped_documents"] == 1
     assert Tokenizer.char('abc {}":text').decode(stream(outdir, manifest)) == "abccab"
+
+
+def test_workers_run_tokenizers_single_threaded(monkeypatch):
+    """Several workers: their `tokenizers` Rayon threads are off, unless the user chose."""
+    from gptjax.data.prepare import _serial_tokenizers
+
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    with _serial_tokenizers(2):
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    assert "TOKENIZERS_PARALLELISM" not in os.environ
+    with _serial_tokenizers(1):
+        assert "TOKENIZERS_PARALLELISM" not in os.environ
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    with _serial_tokenizers(2):
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "true"

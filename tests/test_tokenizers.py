@@ -117,6 +117,151 @@ def test_bpe_rejects_lone_surrogates_clearly(small_bpe):
         small_bpe.encode("a\ud800b")
 
 
+# ---- tiktoken's encoder for GPT-2 BPE (encode_documents): the same ids as `tokenizers` -------
+HARD_CASES = [
+    "", " ", "  ", "\n", "a" + " " * 300 + "b", " " * 1000, "\t\t x\t", "end   ", "\r\n\r\nx\r\n",
+    "line\r\n  indented\r\n", "\u00a0\u3000\u2028\x85\x0b\x0c", "中文字符和日本語のテキスト",
+    "emoji 😀👨‍👩‍👧🏳️‍🌈 flags 🇫🇷", "e\u0301 n\u0303 \u0915\u094d\u0937", "Zalgo: Z\u0351\u036b\u0343a",
+    "1234567890 3.14159 1,000,000 ١٢٣ ⅫⅦ ²³", "it's don't they're we've I'm you'll he'd IT'S",
+    "''s 's's' 't", "<|endoftext|>", "a<|endoftext|>b", "<|endoftext|><|endoftext|>",
+    " <|endoftext|> ", "<|endoftext|", "<|endoftext|>>", "\x00\x01\x7f\ufeff\ufffd\U0010ffff",
+    "x" * 5000, "ab" * 3000 + "!?" * 500,
+]
+
+
+def slow_and_fast(tok, texts):
+    """The ids of `texts` by `tokenizers` and by the tiktoken encoder (asserting there is one)."""
+    fast, why = tok._codec.fast()
+    assert fast is not None, why
+    return tok.encode_batch(texts), fast.encode_batch(texts)
+
+
+def random_strings(seed: int, count: int) -> list[str]:
+    """Random bytes read as UTF-8 (errors replaced) and random code points, any length."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(count):
+        n = rng.choice([0, 1, 2, 5, 30, 300])
+        if rng.random() < 0.5:
+            texts.append(rng.randbytes(n).decode("utf-8", errors="replace"))
+        else:
+            texts.append("".join(chr(c) for c in (rng.randrange(0x110000) for _ in range(n))
+                                 if not 0xD800 <= c <= 0xDFFF))
+    return texts
+
+
+def test_fast_path_ranks_are_tiktokens_own_gpt2(real_gpt2):
+    """Converted from tokenizers' vocab and merges, the ranks equal what tiktoken itself makes of
+    OpenAI's encoder.json + vocab.bpe (ids == ranks: the conversion is exact)."""
+    load = pytest.importorskip("tiktoken.load")
+    folder = tokenizers_module._find_gpt2_folder()
+    if not (folder / "vocab.bpe").is_file():
+        pytest.skip("GPT-2's files here are not OpenAI's encoder.json + vocab.bpe")
+    want = load.data_gym_to_mergeable_bpe_ranks(str(folder / "vocab.bpe"),
+                                                 str(folder / "encoder.json"))
+    fast, _ = real_gpt2._codec.fast()
+    assert fast.encoding._mergeable_ranks == want
+    assert fast.encoding._special_tokens == {EOT: 50256}
+
+
+def test_fast_path_equals_tokenizers_on_shakespeare(real_gpt2, shakespeare_path):
+    text = shakespeare_path.read_text(encoding="utf-8")
+    docs = [text] + text.split("\n\n")
+    slow, fast = slow_and_fast(real_gpt2, docs)
+    assert fast == slow and len(fast[0]) > 300_000
+
+
+@pytest.mark.parametrize("which", ["gpt2", "small"])
+def test_fast_path_equals_tokenizers_on_hard_cases_and_fuzz(which, small_bpe, request):
+    tok = request.getfixturevalue("real_gpt2") if which == "gpt2" else small_bpe
+    texts = HARD_CASES + random_texts(seed=7, count=2000) + random_strings(seed=8, count=2000)
+    slow, fast = slow_and_fast(tok, texts)
+    for text, want, got in zip(texts, slow, fast):
+        assert got == want, ascii(text)[:200]
+    assert any(tok.eos_token_id in ids for ids in fast)  # <|endoftext|> in text: its id
+
+
+def test_fast_path_of_a_trained_bpe(tmp_path):
+    """train_bpe gives <|endoftext|> id 0 and the bytes 1-256: the conversion keeps every id."""
+    tok = Tokenizer.train_bpe(random_texts(seed=3, count=300) + HARD_CASES, 600)
+    tok.save(tmp_path)
+    for t in (tok, Tokenizer.from_pretrained(tmp_path)):
+        texts = HARD_CASES + random_texts(seed=4, count=500)
+        slow, fast = slow_and_fast(t, texts)
+        assert fast == slow and t.eos_token_id == 0
+
+
+def test_encode_documents_takes_the_fast_path_with_the_same_result(real_gpt2, monkeypatch):
+    texts = HARD_CASES + random_texts(seed=9, count=300) + ["bad \ud800 surrogate", "ok"]
+    fast = tokenizers_module.encode_documents(real_gpt2, texts)
+    monkeypatch.setattr(tokenizers_module._BPECodec, "fast", lambda self: (None, "off"))
+    slow = tokenizers_module.encode_documents(real_gpt2, texts)
+    np.testing.assert_array_equal(fast[0], slow[0])
+    np.testing.assert_array_equal(fast[1], slow[1])
+    assert fast[0].dtype == np.uint16 and list(fast[2]) == list(slow[2]) == [len(texts) - 2]
+    assert "lone surrogate" in fast[2][len(texts) - 2]
+
+
+def fallback_only(monkeypatch):
+    def refuse(self, texts):
+        raise AssertionError("the tiktoken encoder was used")
+    monkeypatch.setattr(tokenizers_module._FastGPT2, "encode_batch", refuse)
+
+
+def test_non_gpt2_bpe_falls_back(tmp_path, monkeypatch):
+    """A BPE with another pre-tokenizer (here: prefix space) encodes through `tokenizers`."""
+    import tokenizers as hf
+
+    tok = Tokenizer.from_pretrained(FIXTURE)
+    tok._codec.tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.save(tmp_path)
+    loaded = Tokenizer.from_pretrained(tmp_path)
+    fast, why = loaded._codec.fast()
+    assert fast is None and "pre-tokenizer" in why
+    fallback_only(monkeypatch)
+    texts = HARD_CASES[:20]
+    tokens, lengths, errors = tokenizers_module.encode_documents(str(tmp_path), texts)
+    want = [ids + [loaded.eos_token_id] for ids in loaded.encode_batch(texts)]
+    assert tokens.tolist() == sum(want, []) and lengths.tolist() == list(map(len, want))
+    assert loaded.encode("x") != Tokenizer.from_pretrained(FIXTURE).encode("x")  # the prefix
+
+
+def test_vocabulary_that_does_not_convert_exactly_falls_back(tmp_path, monkeypatch):
+    """'abc' made by merging 'ab'+'c', yet 'bc' merges first: tokenizers never reaches 'abc',
+    tiktoken (which takes a whole-token piece as that token) would."""
+    chars = tokenizers_module._gpt2_byte_chars()
+    alphabet = sorted(chars, key=chars.get)  # byte order: any order of the 256 is fine
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab.update({"bc": 256, "ab": 257, "abc": 258, EOT: 259})
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nb c\na b\nab c\n", encoding="utf-8")
+    tok = Tokenizer.from_pretrained(tmp_path)
+    fast, why = tok._codec.fast()
+    assert fast is None and "'abc'" in why
+    assert tok.encode("abc") == [vocab["a"], vocab["bc"]]
+    fallback_only(monkeypatch)
+    tokens, _, _ = tokenizers_module.encode_documents(tok, ["abc", "xabcab"])
+    assert tokens.tolist() == tok.encode("abc") + [259] + tok.encode("xabcab") + [259]
+
+
+def test_a_special_token_added_later_rebuilds_the_fast_path():
+    tok = Tokenizer.from_pretrained(FIXTURE)
+    text = "the cat and he the"
+    before = tokenizers_module.encode_documents(tok, [text])[0].tolist()
+    assert tok._codec.fast()[0] is not None and before == tok.encode(text) + [tok.eos_token_id]
+    tok.pad_token = "the"  # now split out of text as a special token, by `tokenizers` too
+    after = tokenizers_module.encode_documents(tok, [text])[0].tolist()
+    assert after == tok.encode(text) + [tok.eos_token_id] and after != before
+
+
+def test_gpt2_byte_alphabet_is_tokenizers_own():
+    import tokenizers as hf
+
+    chars = tokenizers_module._gpt2_byte_chars()
+    assert sorted(chars.values()) == list(range(256))
+    assert set(chars) == set(hf.pre_tokenizers.ByteLevel.alphabet())
+
+
 # ---- byte-level -------------------------------------------------------------------------------
 def test_byte_level_never_fails_on_any_bytes():
     tok = Tokenizer.byte()

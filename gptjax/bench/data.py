@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import resource
 import subprocess
 import sys
 import time
@@ -91,7 +92,12 @@ def make_corpus(text_path: pathlib.Path, megabytes: int, path: pathlib.Path) -> 
 
 
 def measure(command: list[str], cwd: pathlib.Path) -> dict:
-    """Wall seconds and peak resident memory (process tree, summed) of one command."""
+    """Wall seconds, CPU seconds and peak resident memory (process tree, summed) of one command.
+
+    CPU seconds (user + system of the command and every worker it waited for) hold still on a
+    shared machine, where wall time depends on the other users' load.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     process = psutil.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     peak = 0
@@ -106,7 +112,9 @@ def measure(command: list[str], cwd: pathlib.Path) -> dict:
     out = process.stdout.read().decode()
     if process.returncode:
         raise RuntimeError(f"{command[:3]} failed with exit code {process.returncode}: {out}")
-    return {"seconds": seconds, "peak_rss_mib": peak / 2**20}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mib": peak / 2**20}
 
 
 def tokens_in(folder: pathlib.Path) -> int:

@@ -11,13 +11,23 @@ orbax saves it with `grain.checkpoint.CheckpointSave(data.train)` (restore with
 `grain.checkpoint.CheckpointRestore(data.train)`). DATASETS is the registry of builders.
 """
 
-from gptjax.data.base import BatchData, Data
-from gptjax.data.datasets import Corpus, DatasetUnavailableError, network_available
-from gptjax.data.pipeline import DATASETS, build_data, to_global
-from gptjax.data.text import TextData
-from gptjax.data.tokens import tokenize
-from gptjax.data.windows import Windows, host_batches
+import importlib
 
-__all__ = ["DATASETS", "BatchData", "Corpus", "Data", "DatasetUnavailableError", "TextData",
-           "Windows", "build_data", "host_batches", "network_available", "to_global",
-           "tokenize"]
+# Names load on first use: `python -m experiments.prepare_data` imports gptjax.data.prepare, which
+# needs neither JAX, grain nor TFDS (~4 s of CPU at every start, before any worker can begin).
+_NAMES = {"BatchData": "base", "Data": "base", "Corpus": "datasets",
+          "DatasetUnavailableError": "datasets", "network_available": "datasets",
+          "DATASETS": "pipeline", "build_data": "pipeline", "to_global": "pipeline",
+          "TextData": "text", "tokenize": "tokens", "Windows": "windows",
+          "host_batches": "windows"}
+
+
+def __getattr__(name):
+    if name not in _NAMES:
+        raise AttributeError(f"module 'gptjax.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"gptjax.data.{_NAMES[name]}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+__all__ = sorted(_NAMES)

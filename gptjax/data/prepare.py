@@ -36,8 +36,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from gptjax.data.tokens import fingerprint
-from gptjax.tokenizers import Tokenizer, encode_documents
+from gptjax.tokenizers import Tokenizer, encode_documents, fingerprint
 
 FORMAT = "gptjax-tokens/1"
 MANIFEST = "manifest.json"
@@ -419,6 +418,21 @@ def _unnamed_main():
 
 
 @contextlib.contextmanager
+def _serial_tokenizers(num_workers: int):
+    """Workers spawned inside inherit TOKENIZERS_PARALLELISM=false (unless the user set it): with
+    several workers the processes are the parallelism, and each worker's Rayon threads (as many
+    as cores, for BPEs that tiktoken cannot encode) would only contend with the other workers."""
+    if num_workers < 2 or "TOKENIZERS_PARALLELISM" in os.environ:
+        yield
+        return
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        del os.environ["TOKENIZERS_PARALLELISM"]
+
+
+@contextlib.contextmanager
 def encoder(num_workers: int, folder: str):
     """encode(batches of (Record, split)) -> (batch, encode_documents' result), in order, by
     `num_workers` processes (0: this one), IN_FLIGHT batches queued per worker (bounded memory)."""
@@ -427,7 +441,7 @@ def encoder(num_workers: int, folder: str):
                                for b in batches)
         return
     # spawn: a fork of a process that has started JAX's threads can deadlock
-    with _unnamed_main():
+    with _unnamed_main(), _serial_tokenizers(num_workers):
         pool = multiprocessing.get_context("spawn").Pool(num_workers)
 
     def encode(batches: Iterable[list[tuple[Record, str]]]):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 import re
@@ -13,20 +12,9 @@ import numpy as np
 from absl import logging
 
 from gptjax.data.datasets import Corpus
+from gptjax.tokenizers import fingerprint  # noqa: F401  (here before; shards import it)
 
 ENCODE_GROUP = 1024  # documents per encode_batch call when tokenizing many small documents
-
-
-def fingerprint(tokenizer) -> str:
-    """A hash of the tokenizer's saved files: a token cache or shard folder is valid for exactly
-    this one (16 hex digits)."""
-    digest = hashlib.sha256()
-    with tempfile.TemporaryDirectory() as folder:
-        tokenizer.save(folder)
-        for path in sorted(pathlib.Path(folder).rglob("*")):
-            if path.is_file():
-                digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def tokenize(documents: Iterator[tuple[int, str]], tokenizer) -> np.ndarray:
