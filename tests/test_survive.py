@@ -183,7 +183,7 @@ def test_full_disk_at_a_save_is_a_clear_error_and_keeps_the_checkpoints(runs, tm
 
     monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", full_disk)
     with pytest.raises(ckpt_lib.CheckpointError,
-                       match=rf"step 1[5-9] in {workdir}/checkpoints failed: ENOSPC .*steps "
+                       match=rf"save in {workdir}/checkpoints failed .*: ENOSPC .*steps "
                              rf"5, 10, {STOP_AT}\) are intact"):
         train(runs["cfg"], workdir)
     monkeypatch.undo()

@@ -216,7 +216,8 @@ class _WriteErrors:
         code = errno.errorcode.get(cause.errno, cause.errno) if cause.errno else "no errno"
         intact = ", ".join(map(str, sorted(steps(self.directory)))) or "none"
         raise CheckpointError(
-            f"saving the checkpoint of step {self.step} in {self.directory} failed: "
+            f"a checkpoint save in {self.directory} failed (noticed at step {self.step}; saves "
+            f"are asynchronous, so it may be an earlier one): "
             f"{code} ({cause.strerror or cause}). The finished checkpoints (steps {intact}) are "
             "intact. Free space or fix the permissions there (or use another --workdir), then "
             "run the same command to resume.") from e
