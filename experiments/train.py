@@ -17,6 +17,7 @@ from ml_collections import config_flags
 
 from gptjax.parallel import initialize_distributed
 from gptjax.training import train
+from gptjax.training.preemption import STOP_MESSAGE
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "An experiment config file (configs/*.py).")
@@ -33,6 +34,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     final = train(FLAGS.config, FLAGS.workdir)
+    if final.get("preempted"):  # SIGTERM / Ctrl-C: saved; exit 0 so a scheduler may requeue
+        if jax.process_index() == 0:
+            print(f"\n{STOP_MESSAGE.format(step=final['step'])}")
+        return
     summary = ", ".join(f"{k} {final[k]:.4f}" for k in ("train_loss", "val_loss") if k in final)
     if jax.process_index() != 0:  # one report per run
         return

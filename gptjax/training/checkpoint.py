@@ -6,12 +6,16 @@
 
 Saves are asynchronous and atomic: orbax writes into a temporary directory and renames it when
 the save is complete, so a killed process leaves the previous checkpoints intact and at most an
-unfinished temporary directory (ignored, then cleaned up, by the next start).
+unfinished temporary directory (ignored, then cleaned up, by the next start). A finished step that
+no longer restores (a truncated or deleted file) is renamed `<step>.corrupt`, with one warning,
+and the newest readable one restored instead; a save that fails (a full disk) raises
+CheckpointError naming the directory and the errno, the earlier checkpoints untouched.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import pathlib
@@ -20,6 +24,7 @@ from typing import Any, Mapping
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
 
 from gptjax.config import Config, ConfigError
@@ -31,6 +36,12 @@ from gptjax.training.state import graphdef_of, init_state
 # Model fields a resumed run may change: they alter neither parameter shapes nor their meaning
 # (vocab_multiple may differ while the padded row count it gives does not: compared apart).
 RESUMABLE_MODEL_FIELDS = frozenset({"dropout", "attention", "dtype", "remat", "vocab_multiple"})
+CORRUPT_SUFFIX = ".corrupt"  # an unreadable step, moved aside: never retried, never deleted
+
+
+class CheckpointError(RuntimeError):
+    """A run's checkpoints cannot be written or read; the message names the directory and what
+    to do."""
 
 
 def _handlers():
@@ -45,6 +56,54 @@ def latest_step(directory: str | os.PathLike) -> int | None:
         return None
     steps = ocp.utils.checkpoint_steps(directory)  # finalized saves only, never temporaries
     return max(steps) if steps else None
+
+
+def steps(directory: str | os.PathLike) -> list[int]:
+    """The finished checkpoints' steps in `directory`, newest first. Reads only."""
+    if not pathlib.Path(directory).is_dir():
+        return []
+    return sorted(ocp.utils.checkpoint_steps(directory), reverse=True)
+
+
+def corrupt_steps(directory: str | os.PathLike) -> list[str]:
+    """The checkpoints moved aside as unreadable (`<step>.corrupt`) in `directory`."""
+    if not pathlib.Path(directory).is_dir():
+        return []
+    names = [p.name for p in pathlib.Path(directory).glob(f"*{CORRUPT_SUFFIX}*")]
+    return sorted(names, key=lambda n: (int(n.split(".")[0]) if n.split(".")[0].isdigit()
+                                        else -1, n))
+
+
+def move_aside(directory: str | os.PathLike, step: int, why: str) -> None:
+    """One warning naming `step` and `why`; the step's folder becomes `<step>.corrupt` (kept for
+    a look, out of orbax's sight; process 0 renames it)."""
+    directory = pathlib.Path(directory)
+    logging.warning("checkpoint %s/%d is unreadable (%s): moved aside to %d%s; falling back to "
+                    "an older checkpoint", directory, step, why, step, CORRUPT_SUFFIX)
+    if jax.process_index() == 0:
+        target = directory / f"{step}{CORRUPT_SUFFIX}"
+        n = 1
+        while target.exists():  # a step corrupted twice keeps both copies
+            target, n = directory / f"{step}{CORRUPT_SUFFIX}{n}", n + 1
+        (directory / str(step)).rename(target)
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = f"{type(e).__name__}: {text}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def readable_config(directory: str | os.PathLike) -> tuple[int, dict] | None:
+    """(step, saved config) of the newest checkpoint whose config reads; unreadable newer ones
+    are moved aside (move_aside). None if no checkpoint is left."""
+    for step in steps(directory):
+        try:
+            return step, saved_config(directory, step)
+        except Exception as e:  # noqa: BLE001 - any failure to read means: not this one
+            move_aside(directory, step, first_line(e))
+    return None
 
 
 def saved_config(directory: str | os.PathLike, step: int) -> dict:
@@ -81,21 +140,28 @@ class Checkpoints:
 
     def __init__(self, directory: str | os.PathLike, *, keep: int, async_save: bool = True):
         self.directory = pathlib.Path(directory)
+        self.last_saved: int | None = None  # the step of the newest save started here
+        # cleanup_tmp_directories: a save killed midway left `<step>.orbax-checkpoint-tmp*`;
+        # never restored from (not finalized), it is deleted now.
         self.manager = ocp.CheckpointManager(
             self.directory.absolute(), item_handlers=_handlers(),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                 enable_async_checkpointing=async_save))
+                                                 enable_async_checkpointing=async_save,
+                                                 cleanup_tmp_directories=True))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, state, data_iterator, config: Config) -> None:
         """Start saving; returns once the arrays are copied off the device (the write goes on in
-        the background). The iterator's position is read now, synchronously."""
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
-            config=ocp.args.JsonSave(config.to_dict())))
+        the background). The iterator's position is read now, synchronously. A failed write (of
+        this save or the one before) raises CheckpointError."""
+        with self._write_errors(step):
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+                config=ocp.args.JsonSave(config.to_dict())))
+        self.last_saved = step
 
     def restore(self, step: int, abstract_state, data_iterator):
         """The state saved at `step`, laid out as `abstract_state` (ShapeDtypeStructs with
@@ -105,13 +171,56 @@ class Checkpoints:
             data=grain.checkpoint.CheckpointRestore(data_iterator)))
         return restored["state"]
 
+    def restore_newest(self, abstract_state, data_iterator, newest: int):
+        """(step, state) of the newest checkpoint at or below `newest` that restores; each
+        unreadable one on the way is moved aside with one warning. None if none restores."""
+        for step in [s for s in steps(self.directory) if s <= newest]:
+            try:
+                return step, self.restore(step, abstract_state, data_iterator)
+            except Exception as e:  # noqa: BLE001 - truncated, missing or garbled files alike
+                move_aside(self.directory, step, first_line(e))
+                self.manager.reload()  # forget the step moved aside
+        return None
+
     def wait(self) -> None:
-        """Block until every started save is durable on disk."""
-        self.manager.wait_until_finished()
+        """Block until every started save is durable on disk (CheckpointError if one failed)."""
+        with self._write_errors(self.last_saved):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+    def _write_errors(self, step: int | None):
+        return _WriteErrors(self.directory, step, self.manager)
+
+
+class _WriteErrors:
+    """Turns an OSError anywhere in a save's exception chain (ENOSPC, EACCES, EROFS) into a
+    CheckpointError naming the directory, the errno and the steps still intact."""
+
+    def __init__(self, directory: pathlib.Path, step: int | None, manager):
+        self.directory, self.step, self.manager = directory, step, manager
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        cause = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            return False
+        code = errno.errorcode.get(cause.errno, cause.errno) if cause.errno else "no errno"
+        intact = ", ".join(map(str, sorted(steps(self.directory)))) or "none"
+        raise CheckpointError(
+            f"a checkpoint save in {self.directory} failed (noticed at step {self.step}; saves "
+            f"are asynchronous, so it may be an earlier one): "
+            f"{code} ({cause.strerror or cause}). The finished checkpoints (steps {intact}) are "
+            "intact. Free space or fix the permissions there (or use another --workdir), then "
+            "run the same command to resume.") from e
 
 
 def abstract_with_sharding(abstract_state, shardings):

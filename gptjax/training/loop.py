@@ -16,11 +16,13 @@ callbacks see (step, row, run) after every step, the state included (`run.state`
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import math
 import os
 import pathlib
+import tempfile
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -42,6 +44,7 @@ from gptjax.training import host, pretrained
 from gptjax.training import metrics as metrics_lib
 from gptjax.training import optim
 from gptjax.training.optim import make_optimizer
+from gptjax.training.preemption import STOP_MESSAGE, StopRequest
 from gptjax.training.state import (TrainState, check_trainable, graphdef_of, init_state,
                                    state_from_params)
 from gptjax.training.steps import compile_train_step, eval_step_fn
@@ -151,6 +154,7 @@ class Run:
     pbar: Any  # tqdm progress bar
     sampling: Sampling | None  # None: no text samples
     final: dict = dataclasses.field(default_factory=dict)  # what train() returns
+    stop: StopRequest | None = None  # SIGTERM / Ctrl-C: save and stop after the step
 
     @property
     def state(self) -> TrainState:
@@ -196,14 +200,13 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
     _quiet_orbax()
     cfg = config if isinstance(config, Config) else Config.from_dict(config)
     workdir = pathlib.Path(workdir)
+    check_writable(workdir)  # before the data and the compile it would waste
     cfg, data = set_up(cfg, data)
     # config.mesh -> devices: DP / FSDP / TP / pmap; mesh and model-vs-mesh errors raise here
     plan = make_plan(cfg, check_batch=False)
     check_batch(cfg, plan.batch_shards)
     ckpt_dir = workdir / "checkpoints"
-    start = ckpt_lib.latest_step(ckpt_dir)
-    if start is not None:
-        ckpt_lib.check_compatible(ckpt_lib.saved_config(ckpt_dir, start), cfg, str(workdir))
+    cfg, start = _resume_point(cfg, workdir)
 
     tx, schedule = make_optimizer(cfg.optim, cfg.train.num_steps)
     graphdef = graphdef_of(cfg.model)
@@ -222,9 +225,12 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
         start = 0
         state = _fresh_state(cfg, plan, tx, init, state_sharding, workdir)
     else:
-        logging.info("Resuming %s from step %d", workdir, start)
         target = ckpt_lib.abstract_with_sharding(abstract, state_sharding)
-        state = checkpoints.restore(start, target, data.train)
+        found = checkpoints.restore_newest(target, data.train, newest=start)
+        if found is None:
+            raise ckpt_lib.CheckpointError(_no_readable_checkpoint(workdir))
+        start, state = found
+        logging.info("Resuming %s from step %d", workdir, start)
     writer = metrics_lib.MetricWriter(workdir, resume_step=start, enabled=is_main)
     sampling = _sampling(cfg, data.tokenizer)
     pbar = tqdm(total=cfg.train.num_steps, initial=start, disable=not is_main, desc="train",
@@ -234,6 +240,72 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
                leaves=jax.tree.leaves(state), start=start, checkpoints=checkpoints,
                writer=writer, meter=_meter(cfg, plan, abstract, workdir), pbar=pbar,
                sampling=sampling, final={"step": start})
+
+
+def check_writable(workdir: pathlib.Path) -> None:
+    """CheckpointError now if `workdir` (or the folder it would be made in) cannot take files."""
+    probe = workdir / "checkpoints"
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(probe))
+        with tempfile.TemporaryFile(dir=probe):  # unnamed: leaves nothing behind
+            pass
+    except OSError as e:
+        code = errno.errorcode.get(e.errno, e.errno) if e.errno else "no errno"
+        raise ckpt_lib.CheckpointError(
+            f"--workdir {workdir} is not writable ({code}: {e.strerror or e} at {probe}); "
+            "choose a writable --workdir or fix its permissions") from None
+
+
+def _resume_point(cfg: Config, workdir: pathlib.Path) -> tuple[Config, int | None]:
+    """(cfg, the newest checkpoint's step or None for a fresh start), before any compile.
+    Refuses another model's checkpoint, or a run whose checkpoints are all unreadable; keeps
+    the run's learning-rate schedule (keep_schedule)."""
+    ckpt_dir = workdir / "checkpoints"
+    found = ckpt_lib.readable_config(ckpt_dir)  # unreadable newer steps are moved aside
+    if found is not None:
+        start, saved = found
+        ckpt_lib.check_compatible(saved, cfg, str(workdir))
+        return keep_schedule(cfg, saved), start
+    if ckpt_lib.corrupt_steps(ckpt_dir):
+        raise ckpt_lib.CheckpointError(_no_readable_checkpoint(workdir))
+    if (workdir / "config.json").exists():  # killed before its first checkpoint finished
+        logging.warning("%s holds a run that never finished a checkpoint: it starts again from "
+                        "step 0 (its metrics.jsonl rows are dropped)", workdir)
+    return cfg, None
+
+
+def _no_readable_checkpoint(workdir: pathlib.Path) -> str:
+    ckpt_dir = workdir / "checkpoints"
+    return (f"{workdir} holds a run, but none of its checkpoints restores (moved aside in "
+            f"{ckpt_dir}: {', '.join(ckpt_lib.corrupt_steps(ckpt_dir))}). Nothing was trained "
+            f"over it. To start it again from step 0, move {ckpt_dir} (and metrics.jsonl) "
+            "aside or delete them; or train in another --workdir; or put back a copy of a "
+            "checkpoint.")
+
+
+def keep_schedule(cfg: Config, saved: Mapping[str, Any]) -> Config:
+    """A resumed run keeps the horizon of the learning-rate schedule it was started with: with
+    train.num_steps raised (optim.decay_steps unset), optim.decay_steps becomes the old horizon
+    and past it the rate stays at optim.min_lr, as nanoGPT's. An explicit optim.decay_steps
+    that differs is obeyed, with a warning."""
+    old = saved.get("optim", {}).get("decay_steps") or saved.get("train", {}).get("num_steps")
+    new = cfg.optim.decay_steps or cfg.train.num_steps
+    if not old or old == new or cfg.optim.schedule == "constant":
+        return cfg
+    if cfg.optim.decay_steps is not None:
+        logging.warning("optim.decay_steps=%d, but this run's learning-rate schedule was made for "
+                        "%d steps: the schedule changes from the resumed step on", new, old)
+        return cfg
+    if old <= cfg.optim.warmup_steps:  # a horizon inside warmup: nothing left to keep
+        return cfg
+    logging.info("train.num_steps=%d, but this run's learning-rate schedule was made for %d "
+                 "steps: it is kept (optim.decay_steps=%d), and past step %d the rate stays at "
+                 "optim.min_lr=%g. To stretch the schedule instead, set "
+                 "--config.optim.decay_steps", new, old, old, old, cfg.optim.min_lr)
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, decay_steps=old))
 
 
 def _write_workdir(workdir: pathlib.Path, cfg: Config, tokenizer) -> None:
@@ -288,21 +360,25 @@ def _meter(cfg: Config, plan, abstract, workdir) -> metrics_lib.Meter:
 def train(config, workdir: str | os.PathLike, *, data=None,
           callbacks: Iterable[Callback] = ()) -> dict[str, Any]:
     """Train (or resume) the run in `workdir`; return the final metrics (the last row's values,
-    'step', 'first_step_seconds', 'sample').
+    'step', 'first_step_seconds', 'sample'; 'preempted': True when SIGTERM or Ctrl-C stopped it
+    early, after saving its last step).
 
     config: an ml_collections ConfigDict, a dict or a Config. data: a gptjax.data.Data, built
     from config.data when None. callbacks: callback(step, row, run) after every step (row: what
     metrics.jsonl got, or {}; run.state: the state), e.g. early stopping by an exception. Every
     bad input raises before anything is compiled or written.
     """
-    run = start_run(config, workdir, data)
-    try:
-        if run.start >= run.cfg.train.num_steps:
-            logging.info("%s is already at step %d >= train.num_steps", run.workdir, run.start)
-            run.final.update(evaluate(run))
-        run_steps(run, default_actions(run.cfg.train), callbacks)
-    finally:
-        run.close()
+    with StopRequest() as stop:  # SIGTERM / first Ctrl-C: save after the step and return
+        run = start_run(config, workdir, data)
+        run.stop = stop
+        try:
+            if run.start >= run.cfg.train.num_steps:
+                logging.info("%s is already at step %d >= train.num_steps", run.workdir,
+                             run.start)
+                run.final.update(evaluate(run))
+            run_steps(run, default_actions(run.cfg.train), callbacks)
+        finally:
+            run.close()
     return run.final
 
 
@@ -324,6 +400,19 @@ def run_steps(run: Run, actions: Iterable[Action], callbacks: Iterable[Callback]
         run.meter.resume()  # after any pause an action took (evaluation, sample, checkpoint)
         for callback in callbacks:
             callback(step, row, run)
+        if run.stop is not None and run.stop.reached(step) and step < num_steps:
+            stop_and_save(run, step)
+            return
+
+
+def stop_and_save(run: Run, step: int) -> None:
+    """A stop asked for (SIGTERM, Ctrl-C): this step's checkpoint (unless just saved), waited
+    for, and train() returns with final['preempted'] = True."""
+    if run.checkpoints.last_saved != step:
+        save_checkpoint(run, step, {})
+    run.checkpoints.wait()
+    run.final.update(step=step, preempted=True)
+    logging.warning("%s: %s", run.workdir, STOP_MESSAGE.format(step=step))
 
 
 # --- periodic work ------------------------------------------------------------------------------

@@ -148,11 +148,8 @@ class MetricWriter:
         self._tb = None
         if not enabled:
             return
-        # A run resumed from step k redoes the steps after k: drop their stale lines.
         if self.path.exists():
-            keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in keep))
+            keep_rows(self.path, resume_step)
         self._file = self.path.open("a")
         try:
             from tensorboardX import SummaryWriter
@@ -184,6 +181,30 @@ class MetricWriter:
             self._file.close()
             if self._tb is not None:
                 self._tb.close()
+
+
+def keep_rows(path: pathlib.Path, resume_step: int) -> None:
+    """A run resumed from step k redoes the steps after k: drop their rows, and lines that do not
+    parse (a process killed while appending leaves half a line), with one warning. The file is
+    replaced atomically: a kill now leaves the old file or the new one."""
+    keep, broken = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            broken += 1
+        elif row.get("step", 0) <= resume_step:
+            keep.append(line)
+    if broken:
+        logging.warning("%s: dropped %d line(s) that do not parse (half-written when a run was "
+                        "killed)", path, broken)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
 
 
 def _jsonable(v):
