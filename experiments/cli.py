@@ -85,7 +85,7 @@ def override_error(argv: Sequence[str]) -> str | None:
     """The first --config.a.b override whose path the config lacks, with the closest field."""
     for arg in argv:
         m = re.match(r"^--?(?:no)?(\w+)\.([\w.]+)", arg)
-        if not m or m[1] not in FLAGS:
+        if not m or (m[1] not in FLAGS and m[1] != "config"):  # undefined if it just failed
             continue
         node, walked = _base_config(m[1], argv), [m[1]]
         for part in m[2].split("."):

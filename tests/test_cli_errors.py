@@ -232,7 +232,9 @@ def outcome(tmp_path_factory):
                     f"--config.data.data_dir={tmp / 'tfds'}"], cwd=ROOT, check=True,
                    env={**ENV, "XLA_FLAGS": ""}, capture_output=True)  # 1 device: fast compile
     before = digest(run)
-    rows = table(files(tmp), str(run), tmp)
+    # Each case its own new folder: a case must not meet another's leftovers.
+    rows = [(m, c, [a.replace(str(tmp / "fresh"), str(tmp / f"fresh-{m}-{c}")) for a in argv], p)
+            for m, c, argv, p in table(files(tmp), str(run), tmp)]
     groups: dict[str, list] = {}
     for row in rows:
         groups.setdefault(row[0], []).append(row)
