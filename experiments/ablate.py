@@ -6,7 +6,7 @@ r"""Run an ablation sweep (variants x seeds) through the normal training path an
 Finished runs are not repeated: run the same command again to resume an interrupted sweep.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
