@@ -6,9 +6,10 @@ r"""Run an ablation sweep (variants x seeds) through the normal training path an
 Finished runs are not repeated: run the same command again to resume an interrupted sweep.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from experiments import cli
 from gptjax import ablate
 
 FLAGS = flags.FLAGS
@@ -25,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -6,6 +6,7 @@ r"""Per-layer, per-head attention heatmaps for a prompt and a checkpoint.
 
 from absl import app, flags
 
+from experiments import cli
 from gptjax import GPT, Tokenizer
 from gptjax.model.inspect import attention_weights
 from gptjax.plots import attention_heatmaps
@@ -25,13 +26,20 @@ def main(argv):
     ids = tokenizer.encode(FLAGS.prompt)
     if not ids:
         raise app.UsageError("--prompt encodes to no tokens; give some text")
-    weights = attention_weights(model, [ids])[:, 0]  # [layers, heads, seq, seq]
+    layers = list(range(model.cfg.num_layers))
     if FLAGS.layers:
-        weights = weights[[int(i) for i in FLAGS.layers]]
+        if not all(i.isdigit() and int(i) in layers for i in FLAGS.layers):
+            raise app.UsageError(f"--layers={','.join(FLAGS.layers)}: this model's layers are "
+                                 f"0..{layers[-1]}")
+        layers = [int(i) for i in FLAGS.layers]
+    if len(ids) > model.cfg.max_len:
+        raise app.UsageError(f"--prompt is {len(ids)} tokens, longer than the model's context "
+                             f"of {model.cfg.max_len}; shorten it")
+    weights = attention_weights(model, [ids])[:, 0][layers]  # [layers, heads, seq, seq]
     labels = [tokenizer.decode([i]) for i in ids]
     for path in attention_heatmaps(weights, labels, FLAGS.outdir):
         print(path)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

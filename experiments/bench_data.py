@@ -19,6 +19,7 @@ import pathlib
 
 from absl import app, flags
 
+from experiments import cli
 from gptjax.bench import data as bench
 from gptjax.bench.train import cpu_model
 
@@ -26,7 +27,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sections", ["tokenize", "loader"], "Which benchmarks: tokenize, loader.")
 flags.DEFINE_list("corpus_mb", ["256", "2048"], "Corpus sizes in MiB, one run of each tool each.")
-flags.DEFINE_integer("num_workers", os.cpu_count(), "Tokenizer processes, both tools.")
+flags.DEFINE_integer("num_workers", os.cpu_count(), "Tokenizer processes, both tools.",
+                     lower_bound=1)
 flags.DEFINE_string("text", str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"),
                     "The text repeated into the corpus.")
 flags.DEFINE_string("workdir", "/tmp/gptjax-bench-data", "Corpora and shards (large).")
@@ -36,6 +38,7 @@ flags.DEFINE_string("out", "docs/bench_data.md", "The markdown report; JSON besi
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    check_flags()
     workdir = pathlib.Path(FLAGS.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -60,6 +63,18 @@ def main(argv):
     out.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": rows,
                                                     "loader": loader}, indent=1))
     print(out.read_text())
+
+
+def check_flags() -> None:
+    """Bad sections, sizes or text fail before any corpus is written."""
+    unknown = sorted(set(FLAGS.sections) - {"tokenize", "loader"})
+    if unknown:
+        raise app.UsageError(f"--sections: unknown {unknown}; choose from tokenize, loader")
+    if not all(n.isdigit() and int(n) > 0 for n in FLAGS.corpus_mb):
+        raise app.UsageError(f"--corpus_mb={','.join(FLAGS.corpus_mb)}: give positive integers")
+    if not pathlib.Path(FLAGS.text).is_file():
+        raise FileNotFoundError(f"--text={FLAGS.text} is not a file; give a text file to repeat "
+                                "into the corpus")
 
 
 def report(rows: list[dict], machine: str) -> str:
@@ -98,4 +113,4 @@ def loader_report(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

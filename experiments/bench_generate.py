@@ -11,12 +11,14 @@ import sys
 
 from absl import app, flags
 
+from experiments import cli
 from gptjax.bench import generate as bench
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "A Hugging Face GPT-2 folder to load in both libraries; "
                     "default: random weights of GPT-2 124M's shape.")
-flags.DEFINE_integer("repeats", 3, "Timed runs per case and library (median reported).")
+flags.DEFINE_integer("repeats", 3, "Timed runs per case and library (median reported).",
+                     lower_bound=1)
 flags.DEFINE_bool("hf", True, "Also measure transformers (skipped when it is not installed).")
 flags.DEFINE_string("out", "docs/bench_generate.md", "Markdown report (JSON beside it).")
 
@@ -32,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -14,6 +14,7 @@ import jax
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
+from experiments import cli
 from gptjax.config import Config
 from gptjax.bench import scaling
 
@@ -33,7 +34,8 @@ def default_config() -> ConfigDict:
 _CONFIG = config_flags.DEFINE_config_dict("config", default_config(),
                                           "The model and batch to benchmark; override fields "
                                           "with --config.model.d_model=256 etc.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps per strategy (after compiling).")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps per strategy (after compiling).",
+                              lower_bound=1)
 _OUT = flags.DEFINE_string("out", "docs/bench_scaling", "Output path without extension: "
                            "writes OUT.md and OUT.json.")
 _ONLY = flags.DEFINE_list("only", [], "Run only these strategies (names as in the table).")
@@ -45,6 +47,10 @@ def main(argv):
     config = Config.from_dict(_CONFIG.value)
     meshes = scaling.strategies(jax.device_count())
     if _ONLY.value:
+        unknown = sorted(set(_ONLY.value) - set(meshes))
+        if unknown:
+            raise app.UsageError(f"--only: unknown strategies {unknown}; on "
+                                 f"{jax.device_count()} devices: {sorted(meshes)}")
         meshes = {k: v for k, v in meshes.items() if k in _ONLY.value}
     rows = scaling.benchmark(config, meshes, _STEPS.value)
     device = jax.devices()[0]
@@ -65,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

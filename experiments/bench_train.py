@@ -24,15 +24,17 @@ import tempfile
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cli
 from gptjax.bench import train as bench
 from gptjax.config import Config
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/shakespeare_char_cpu.py", "The recipe.")
 flags.DEFINE_integer("steps", 600, "Steps for the loop measurement: the median over its 50-step "
-                     "windows, the first (warm-up) left out.")
-flags.DEFINE_integer("step_repeats", 3, "Timed runs of --steps//3 bare steps (median).")
-flags.DEFINE_integer("rounds", 3, "Fresh-process repeats of every measurement.")
+                     "windows, the first (warm-up) left out.", lower_bound=1)
+flags.DEFINE_integer("step_repeats", 3, "Timed runs of --steps//3 bare steps (median).",
+                     lower_bound=1)
+flags.DEFINE_integer("rounds", 3, "Fresh-process repeats of every measurement.", lower_bound=1)
 flags.DEFINE_bool("full", False, "Also run the whole recipe and time it to --target.")
 flags.DEFINE_float("target", 1.89, "Validation loss for the time-to-loss measurement.")
 flags.DEFINE_enum("peer", "nanogpt", ["nanogpt", "none"], "nanogpt: run nanoGPT's CPU recipe "
@@ -117,6 +119,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.phase:
         return run_phase(FLAGS.phase, FLAGS.phase_out)
+    Config.from_dict(FLAGS.config)  # a bad recipe fails here, not in a measuring subprocess
     config_args = [a for a in sys.argv[1:] if a.startswith("--config")]
     load_before = os.getloadavg()  # what else was running when the benchmark started
     rounds = []
@@ -126,7 +129,7 @@ def main(argv):
             rounds.append(one_round(peer, config_args))
             print_round(rounds)
     except bench.PeerError as e:
-        sys.exit(f"bench_train: {e}")
+        raise app.UsageError(str(e)) from None
     machine = {**rounds[-1]["loop"]["machine"], "load_average": load_before,
                "load_average_after": os.getloadavg()}
     if peer:
@@ -137,4 +140,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -10,6 +10,7 @@ context. Replies are sampled (temperature 0.8, top_p 0.95) unless the flags say 
 
 from absl import app, flags
 
+from experiments import cli
 from gptjax import GPT, Tokenizer
 from gptjax.generation import GenerationError
 from gptjax.generation.chat import Chat
@@ -19,7 +20,8 @@ flags.DEFINE_string("checkpoint", None, "A gptjax run's workdir or a Hugging Fac
                     required=True)
 flags.DEFINE_string("tokenizer", None, "Tokenizer folder (default: --checkpoint).")
 flags.DEFINE_string("system", None, "A system message that opens every conversation.")
-flags.DEFINE_integer("max_new_tokens", None, "Longest reply, in tokens (default 64).")
+flags.DEFINE_integer("max_new_tokens", None, "Longest reply, in tokens (default: 64, or half "
+                     "the model's context if that is less).")
 flags.DEFINE_bool("do_sample", None, "Sample replies (default) or, with --nodo_sample, greedy.")
 flags.DEFINE_float("temperature", None, "Sampling temperature (default 0.8).")
 flags.DEFINE_integer("top_k", None, "Sample among the k most likely tokens (default 0: off).")
@@ -62,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -12,7 +12,7 @@ gptjax/data/tasks.py.
 
 from absl import app, flags
 
-from experiments import train
+from experiments import cli, train
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(train)  # --help lists train's --config, --workdir, ... too
@@ -32,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -14,6 +14,7 @@ import pathlib
 
 from absl import app, flags
 
+from experiments import cli
 from gptjax import GPT, Tokenizer
 from gptjax.generation import GenerationError, TextStreamer
 from gptjax.generation.text import defaults_for, generate_text
@@ -89,4 +90,4 @@ def run():
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -14,6 +14,7 @@ import pathlib
 
 from absl import app, flags
 
+from experiments import cli
 from gptjax.data.tasks import play_dialogues
 
 FLAGS = flags.FLAGS
@@ -40,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -12,11 +12,11 @@ command continues after the last finished shard. Then train with
 """
 
 import os
-import sys
 
 from absl import app, flags
 
-from gptjax.data.prepare import BAD_DOCUMENT, PrepareError, PrepareSettings, prepare
+from experiments import cli
+from gptjax.data.prepare import BAD_DOCUMENT, PrepareSettings, prepare
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("inputs", None, "Input files: globs, comma-separated (quote them).")
@@ -29,8 +29,9 @@ flags.DEFINE_float("val_fraction", 0.0005, "Fraction of the documents of --input
 flags.DEFINE_list("val_inputs", None, "Globs of files that are the val split instead "
                   "(with --val_fraction=0).")
 flags.DEFINE_integer("num_workers", os.cpu_count(), "Tokenizer processes (0: this one); the "
-                     "shards are the same whatever the number.")
-flags.DEFINE_integer("shard_tokens", 100_000_000, "Tokens per shard (the last one shorter).")
+                     "shards are the same whatever the number.", lower_bound=0)
+flags.DEFINE_integer("shard_tokens", 100_000_000, "Tokens per shard (the last one shorter).",
+                     lower_bound=1)
 flags.DEFINE_enum("on_bad_document", "error", list(BAD_DOCUMENT), "A bad document (invalid "
                   "JSON or UTF-8, no text field): stop with an error, or skip and count it.")
 flags.mark_flags_as_required(["inputs", "outdir"])
@@ -45,11 +46,7 @@ def main(argv):
         val_inputs=tuple(FLAGS.val_inputs) if FLAGS.val_inputs else None,
         shard_tokens=FLAGS.shard_tokens, on_bad_document=FLAGS.on_bad_document,
         num_workers=FLAGS.num_workers)
-    try:
-        manifest = prepare(settings)
-    except PrepareError as e:  # bad input or settings: the message names the file and the fix
-        print(f"prepare_data: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    manifest = prepare(settings)  # bad input: PrepareError, one line by experiments.cli
     for split, state in manifest["splits"].items():
         print(f"{split}: {state['tokens']:,} tokens, {state['documents']:,} documents, "
               f"{len(state['shards'])} shards")
@@ -59,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

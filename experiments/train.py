@@ -15,6 +15,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cli
 from gptjax.parallel import initialize_distributed
 from gptjax.training import train
 from gptjax.training.preemption import STOP_MESSAGE
@@ -47,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -13,6 +13,7 @@ This module imports nothing of gptjax: every layer may read it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any, Mapping
 
@@ -25,6 +26,14 @@ class ConfigError(ValueError):
 
 def _fail(field: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{field}={value!r} is invalid: {allowed}")
+
+
+def _require_finite(section: Any, name: str) -> None:
+    """Every float field of `section` is finite: nan and inf pass comparisons like lr <= 0."""
+    for field in dataclasses.fields(section):
+        value = getattr(section, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            _fail(f"{name}.{field.name}", value, "must be a finite number")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +80,7 @@ class ModelConfig:
         return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     def validate(self) -> None:
+        _require_finite(self, "model")
         if (not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool)
                 or self.vocab_size < 0):
             _fail("model.vocab_size", self.vocab_size,
@@ -135,6 +145,7 @@ class DataConfig:
     document_positions: bool = False  # with document_mask: positions restart at each document
 
     def validate(self) -> None:
+        _require_finite(self, "data")
         for name in ("seq_len", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -176,6 +187,7 @@ class OptimConfig:
     wsd_decay_fraction: float = 0.2  # schedule='wsd': the last fraction of decay_steps decays
 
     def validate(self) -> None:
+        _require_finite(self, "optim")
         if self.lr <= 0:
             _fail("optim.lr", self.lr, "must be positive")
         if self.min_lr < 0 or self.min_lr > self.lr:
@@ -229,6 +241,7 @@ class TrainConfig:
     trainable: str | None = None
 
     def validate(self) -> None:
+        _require_finite(self, "train")
         if self.trainable is not None:
             try:
                 re.compile(self.trainable)

@@ -137,3 +137,13 @@ def test_every_config_file_is_a_valid_config(path):
     for arg in getattr(module, "TASKS", [None]):
         config = module.get_config() if arg is None else module.get_config(arg)
         check_config(Config.from_dict(config))
+
+
+@pytest.mark.parametrize("section, field", [("optim", "lr"), ("optim", "min_lr"),
+                                            ("optim", "b2"), ("model", "dropout"),
+                                            ("model", "rope_theta"), ("data", "val_fraction"),
+                                            ("optim", "grad_clip")])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_float_fields_refuse_non_finite_values(section, field, value):
+    with pytest.raises(ConfigError, match=rf"{section}\.{field}=.*finite"):
+        Config.from_dict({section: {field: value}})

@@ -286,3 +286,14 @@ def test_article_example():
     np.testing.assert_array_equal(output, case["output"])
     text = tokenizer.decode(output[0], skip_special_tokens=True)
     assert text.startswith("The quick brown fox jumps over the")
+
+
+def test_chat_reply_budget_fits_the_context():
+    from gptjax.generation.chat import reply_budget
+
+    assert reply_budget(1024) == 64  # the default where the context is large
+    assert reply_budget(64) == 32  # a small model keeps half its context for the message
+    assert reply_budget(64, 10) == 10
+    for asked in (64, 100, 0):
+        with pytest.raises(GenerationError, match=f"max_new_tokens={asked} leaves no room"):
+            reply_budget(64, asked)

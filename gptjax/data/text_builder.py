@@ -8,6 +8,7 @@ written as array_record so grain reads them without TensorFlow.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
 import hashlib
@@ -48,9 +49,7 @@ def file_source(paths: Sequence[str], what: str = "data.text_file") -> TextSourc
                 "corpus that ships with Python: --config.data.dataset=embedded")
     digest = hashlib.sha256()
     for path in files:  # stream: the hash costs no memory, whatever the file's size
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
+        _hash_utf8(path, digest, what)
         digest.update(b"\0file\0")
 
     def read() -> list[str]:
@@ -64,6 +63,25 @@ def file_source(paths: Sequence[str], what: str = "data.text_file") -> TextSourc
         return docs
 
     return TextSource(files[0].stem, digest.hexdigest(), read)
+
+
+def _hash_utf8(path: pathlib.Path, digest, what: str) -> None:
+    """Add the file to `digest`; an empty or non-UTF-8 file fails here, before TFDS writes
+    anything (TFDS would fail later, leaving an empty dataset folder behind)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    size = 0
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+            size += len(block)
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{what}: {path} is not UTF-8 text ({e.reason} near byte "
+                                 f"{size - len(block) + e.start}); convert it, e.g. "
+                                 f"`iconv -t utf-8 {path} > out.txt`") from None
+    if size == 0:
+        raise ValueError(f"{what}: {path} is empty; give a file that holds the training text")
 
 
 def documents_source(label: str, documents: Sequence[str]) -> TextSource:

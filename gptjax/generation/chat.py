@@ -13,14 +13,26 @@ from typing import Any
 
 import numpy as np
 
-from gptjax.generation.config import GenerationError
+from gptjax.generation.config import GenerationConfig, GenerationError
 from gptjax.generation.text import defaults_for, generate_text
 
 # Roles of a dialogue and how the transcript names them.
 SPEAKERS = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 # Sampling, as chat front-ends default to; greedy decoding repeats itself in open dialogue.
-CHAT_DEFAULTS = dict(do_sample=True, temperature=0.8, top_p=0.95, top_k=0, max_new_tokens=64)
+CHAT_DEFAULTS = dict(do_sample=True, temperature=0.8, top_p=0.95, top_k=0)
+REPLY_TOKENS = 64  # the default reply budget, capped at half the model's context
+
+
+def reply_budget(max_len: int, max_new_tokens: int | None = None) -> int:
+    """Tokens kept for a reply: max_new_tokens if given, else min(64, half the context); it must
+    leave the message room in the context."""
+    budget = min(REPLY_TOKENS, max_len // 2) if max_new_tokens is None else max_new_tokens
+    if not isinstance(budget, int) or not 0 < budget < max_len:
+        raise GenerationError(f"max_new_tokens={budget!r} leaves no room for a message in the "
+                              f"model's {max_len}-token context; pass a reply budget in "
+                              f"1..{max_len - 1} (e.g. {max(1, max_len // 2)})")
+    return budget
 
 
 def dialogue_segments(messages: Sequence[Mapping[str, Any]], where: str = "messages",
@@ -54,6 +66,8 @@ class Chat:
         self.system = [{"role": "system", "content": system}] if system else []
         self.messages: list[dict[str, str]] = []
         self.options = {**defaults_for(model, tokenizer), **CHAT_DEFAULTS, **options}
+        self.options["max_new_tokens"] = reply_budget(model.cfg.max_len,
+                                                      options.get("max_new_tokens"))
         # A reply is one transcript line: it ends at a newline as well as at eos.
         eos = self.options.get("eos_token_id")
         newline = tokenizer.encode("\n")
@@ -63,6 +77,7 @@ class Chat:
             raise GenerationError("this tokenizer has neither an eos token nor a one-token "
                                   "newline, so a reply could not end; pass eos_token_id")
         self.options["eos_token_id"] = stops
+        GenerationConfig.build({}, self.options)  # a bad option fails now, not at the first reply
 
     def prompt(self, messages) -> str:
         """The transcript of `messages` ending with an open 'Assistant:' turn."""

@@ -14,6 +14,11 @@ def defaults_for(model, tokenizer) -> dict[str, Any]:
     """The model's generation defaults (GPT.from_pretrained attaches its folder's
     generation_config.json / config.json), with the tokenizer's eos and pad ids where they name
     none."""
+    if tokenizer.vocab_size > model.cfg.vocab_size:  # ids the model never learned
+        raise GenerationError(
+            f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary holds "
+            f"{model.cfg.vocab_size}: they were not trained together; use the checkpoint's own "
+            "tokenizer (leave --tokenizer unset to take the checkpoint folder's)")
     defaults = model_defaults(model)
     if defaults.get("eos_token_id") is None and tokenizer.eos_token_id is not None:
         defaults["eos_token_id"] = tokenizer.eos_token_id

@@ -28,6 +28,11 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"  # sharded: {"weight_map": {key: file}}
 TORCH_WEIGHTS = "pytorch_model.bin"
+# Pickled weights (torch.load runs code they carry): recognised only to say how to convert them.
+PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+CONVERT = ("load and re-save it as safetensors where transformers is installed: `from "
+           "transformers import GPT2LMHeadModel; GPT2LMHeadModel.from_pretrained(DIR)"
+           ".save_pretrained(DIR, safe_serialization=True)`")
 PREFIX = "transformer."  # GPT2LMHeadModel's body; GPT2Model saves the same keys unprefixed
 BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers older transformers saved
 # All three are GELU's tanh approximation, the one gptjax's MLP computes.
@@ -250,10 +255,17 @@ def _tensor_files(folder: pathlib.Path) -> tuple[dict[str, pathlib.Path], str]:
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
         return {k: folder / v for k, v in weight_map.items()}, str(index)
-    hint = (f"; {TORCH_WEIGHTS} is there, but gptjax reads safetensors only: re-save it with "
-            "transformers' save_pretrained (safetensors is its default)"
-            if (folder / TORCH_WEIGHTS).is_file() else "")
-    raise FileNotFoundError(f"{folder}: no weights; expected {WEIGHTS} or {WEIGHTS_INDEX}{hint}")
+    raise FileNotFoundError(f"{folder}: no weights; expected {WEIGHTS} or {WEIGHTS_INDEX}"
+                            f"{pickled_hint(folder)}")
+
+
+def pickled_hint(folder: pathlib.Path) -> str:
+    """'; NAME is there, but ...how to convert' when the folder holds pickled weights only."""
+    found = sorted({p.name for pattern in PICKLED for p in folder.glob(pattern) if p.is_file()})
+    if not found:
+        return ""
+    return (f"; {', '.join(found[:3])} is there, but gptjax reads safetensors only (loading "
+            f"a pickle can run code): {CONVERT}")
 
 
 def read_tensors(folder: pathlib.Path, names) -> tuple[dict[str, np.ndarray], str]:
@@ -343,7 +355,7 @@ def load_gpt(path, *, dtype: str | None = None, param_dtype: str | None = None,
     formats = ["huggingface"] + list(FORMATS)
     raise FileNotFoundError(f"{folder} is not a model folder of a known format ({formats}): "
                             f"expected {CONFIG} + {WEIGHTS} (Hugging Face GPT-2) or a gptjax "
-                            f"checkpoint; it holds {found or 'nothing'}")
+                            f"checkpoint; it holds {found or 'nothing'}{pickled_hint(folder)}")
 
 
 def save_gpt(model: GPT, path, **extra_config) -> None:

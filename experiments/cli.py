@@ -1,0 +1,198 @@
+"""How every entry point meets a person at a terminal: bad input gets one line, a bug its traceback.
+
+    if __name__ == "__main__":
+        cli.run(main)
+
+A user error (a mistyped flag or config override, a missing or unreadable file, a value that
+gptjax's validation refuses, a prompt that does not fit) prints one line, `NAME: error: CAUSE`,
+where the message names the fix, and exits 1 (2 for flag and usage errors). Anything else is a
+bug and keeps its traceback. INFO logs of libraries (orbax, TFDS) stay out of the terminal;
+gptjax's own logs and every warning still show. GPTJAX_DEBUG=1 shows tracebacks and the
+libraries' INFO logs too.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import logging as pylogging
+import os
+import pathlib
+import re
+import sys
+from typing import Callable, Sequence
+
+from absl import app, flags, logging
+from ml_collections import ConfigDict
+
+from gptjax.config import default_config
+
+FLAGS = flags.FLAGS
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+OWN = (str(ROOT / "gptjax") + os.sep, str(ROOT / "experiments") + os.sep)
+USAGE = 2  # exit code of flag and usage errors; other user errors exit 1
+
+
+def debug() -> bool:
+    """GPTJAX_DEBUG=1: tracebacks for user errors too, and every library's INFO logs."""
+    return os.environ.get("GPTJAX_DEBUG", "") not in ("", "0")
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Bad input rather than a bug: gptjax's own errors, files, values that validation refused."""
+    if type(error).__module__.startswith("gptjax."):  # ConfigError, GenerationError, ...
+        return True
+    return isinstance(error, (ValueError, OSError, flags.Error, app.UsageError))
+
+
+def message(error: BaseException) -> str:
+    """The error as one line; OSErrors name the path and what to check."""
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        fix = {FileNotFoundError: "check the path", IsADirectoryError: "give a file, not a folder",
+               NotADirectoryError: "give a folder", PermissionError: "check its permissions"}
+        text = f"{error.strerror}: {error.filename}"
+        hint = next((h for kind, h in fix.items() if isinstance(error, kind)), "")
+        text += f"; {hint}" if hint else ""
+    elif isinstance(error, UnicodeDecodeError):
+        text = f"not UTF-8 text ({error.reason} at byte {error.start}); give a text file"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def fail(text: str, code: int = 1):
+    """Print NAME: error: TEXT on stderr and exit with `code`."""
+    print(f"{pathlib.Path(sys.argv[0]).stem}: error: {text}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config overrides: --config.section.field=value that names no field
+# ---------------------------------------------------------------------------------------------
+
+def _base_config(name: str, argv: Sequence[str]):
+    """The config that --NAME holds before its overrides (gptjax's defaults when unreadable)."""
+    try:
+        flag = FLAGS[name]
+        spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")),
+                    flag.default)
+        return flag.parser.parse(spec) if isinstance(spec, str) else spec
+    except Exception:  # noqa: BLE001 - any failure: suggest from the known sections instead
+        return default_config()
+
+
+def override_error(argv: Sequence[str]) -> str | None:
+    """The first --config.a.b override whose path the config lacks, with the closest field."""
+    for arg in argv:
+        m = re.match(r"^--?(?:no)?(\w+)\.([\w.]+)", arg)
+        if not m or (m[1] not in FLAGS and m[1] != "config"):  # undefined if it just failed
+            continue
+        node, walked = _base_config(m[1], argv), [m[1]]
+        for part in m[2].split("."):
+            if isinstance(node, (ConfigDict, dict)) and part in node:
+                node, walked = node[part], walked + [part]
+                continue
+            known = sorted(node.keys()) if isinstance(node, (ConfigDict, dict)) else []
+            close = difflib.get_close_matches(part, known, n=1, cutoff=0.5)
+            hint = (f"did you mean --{'.'.join(walked + [close[0]])}?" if close
+                    else f"known: {', '.join(known)}" if known else "it is not a section")
+            return (f"unknown override {arg.split('=', 1)[0]}: {'.'.join(walked)} has no "
+                    f"field {part!r}; {hint}")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry
+# ---------------------------------------------------------------------------------------------
+
+def _reset_config_defaults(argv: Sequence[str]) -> None:
+    """A config flag left at its default parses its overrides from sys.argv when defined; parse
+    them again for this argv (`invoke` runs several command lines in one process)."""
+    for name in [n for n in FLAGS if type(FLAGS[n]).__name__ == "_ConfigFlag"]:
+        flag = FLAGS[name]
+        if any(re.match(rf"^--?{name}(=|$)", a) for a in argv):
+            continue
+        base = _PRISTINE.setdefault(name, copy.deepcopy(flag.default_unparsed))
+        flag._set_default(copy.deepcopy(base))  # noqa: SLF001 - absl's own re-parse
+
+
+_PRISTINE: dict = {}
+
+
+def parse_flags(argv: Sequence[str], reset: bool = False) -> list[str]:
+    """absl's flag parsing, every failure one line with exit code 2."""
+    for arg in argv:  # ml_collections would report a missing config file in a dozen words
+        m = re.match(r"^--?(\w+)=([^:]+)", arg)
+        if (m and m[1] in FLAGS and type(FLAGS[m[1]].parser).__name__ == "_ConfigFileParser"
+                and not pathlib.Path(m[2]).is_file()):
+            fail(f"--{m[1]}={m[2]}: no such config file; give a path like configs/NAME.py",
+                 USAGE)
+    try:
+        if reset:
+            _reset_config_defaults(argv)
+        return FLAGS(list(argv))
+    except flags.Error as e:
+        fail(f"{message(e)} (--helpshort lists the flags)", USAGE)
+    except (AttributeError, KeyError):  # ml_collections: an override path the config lacks
+        text = override_error(argv)
+        if text is None or debug():
+            raise
+        fail(text, USAGE)
+
+
+class _QuietLibraries(pylogging.Filter):
+    """Drops INFO (and below) records that do not come from gptjax or experiments."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return record.levelno >= pylogging.WARNING or record.pathname.startswith(OWN)
+
+
+_QUIET = _QuietLibraries()
+
+
+def guard(main: Callable, argv: list[str]):
+    """Call main(argv); a user error becomes one line on stderr and a non-zero exit."""
+    if not debug() and FLAGS["verbosity"].value <= 0:
+        logging.get_absl_handler().addFilter(_QUIET)
+    try:
+        return main(argv)
+    except app.UsageError as e:
+        if debug():
+            raise
+        fail(message(e), USAGE)
+    except Exception as e:  # noqa: BLE001 - bugs are re-raised with their traceback
+        if debug() or not is_user_error(e):
+            raise
+        fail(message(e))
+
+
+def run(main: Callable) -> None:
+    """app.run(main), with flag errors and user errors reported in one line (module doc)."""
+    app.run(lambda argv: guard(main, argv), flags_parser=parse_flags)
+
+
+def invoke(main: Callable, argv: Sequence[str]) -> int:
+    """What `run` does, in this process, for argv; returns the exit code (tests use it)."""
+    sys.argv = list(argv)  # ml_collections reads its overrides from sys.argv
+    FLAGS.unparse_flags()
+    for name in [n for n in FLAGS if "." in n]:  # the last call's --config.a.b override flags
+        delattr(FLAGS, name)
+    try:
+        guard(main, parse_flags(argv, reset=True))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
+    return 0
+
+
+def _excepthook(kind, error, tb, default=sys.excepthook):
+    """Errors raised while a module defines its flags (a config flag with a default parses
+    sys.argv's overrides at import): one line too."""
+    text = None if debug() else (
+        override_error(sys.argv[1:]) if isinstance(error, (AttributeError, KeyError))
+        else message(error) if is_user_error(error) else None)
+    if text is None:
+        return default(kind, error, tb)
+    print(f"{pathlib.Path(sys.argv[0]).stem}: error: {text}", file=sys.stderr, flush=True)
+
+
+sys.excepthook = _excepthook
