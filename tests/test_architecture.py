@@ -33,6 +33,9 @@ LATE_IMPORTS: dict[tuple[str, str], str] = {
     # `from gptjax import GPT` loads gptjax.training.checkpoint (run workdirs are model folders);
     # the loop would add TFDS and the data layer (~1 s) to every model load.
     ("gptjax.training", "gptjax.training.loop"): "TFDS, via the loop's data layer",
+    # prepare_data starts its workers before anything else loads; TFDS and grain (~4 s) only
+    # for a tfds: input.
+    ("gptjax.data.prepare", "gptjax.data.catalog_inputs"): "TFDS and grain, for tfds: inputs",
 }
 
 

@@ -48,19 +48,27 @@ class Corpus:
 
     def documents(self, split: str) -> Iterator[tuple[int, str]]:
         """(document id, text) of every example of `split`, in order."""
-        source = grain.MapDataset.source(self.builder.as_data_source(split))
-        examples = source.to_iter_dataset(grain.ReadOptions(num_threads=4,
-                                                            prefetch_buffer_size=256))
-        for index, example in enumerate(examples):
+        for index, example in enumerate(examples(self.builder.as_data_source(split))):
             text = example[self.text_key]
             text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
             doc = int(example[self.document_key]) if self.document_key else index
             yield doc, text
 
 
+def examples(source) -> Iterator[dict]:
+    """The examples of a TFDS data source in order, read ahead by a few threads (bounded)."""
+    return iter(grain.MapDataset.source(source).to_iter_dataset(
+        grain.ReadOptions(num_threads=4, prefetch_buffer_size=256)))
+
+
 def data_dir(data: DataConfig) -> str | None:
     """Where datasets are prepared; None lets TFDS pick ($TFDS_DATA_DIR, ~/tensorflow_datasets)."""
-    return data.data_dir or os.environ.get("GPTJAX_DATA_DIR") or None
+    return tfds_dir(data.data_dir)
+
+
+def tfds_dir(given: str | None) -> str | None:
+    """`given`, else $GPTJAX_DATA_DIR, else None (TFDS's default)."""
+    return given or os.environ.get("GPTJAX_DATA_DIR") or None
 
 
 def text_file(data: DataConfig, root: str | None) -> Corpus:
@@ -112,14 +120,31 @@ def network_available(host: tuple[str, int] = PROBE_HOST,
 def catalog(name: str, data: DataConfig, root: str | None) -> Corpus:
     """A TFDS catalog dataset, prepared as array_record; downloaded once when online."""
     refuse_text_file(data)
+    builder = prepared_builder(name, root, (
+        f"Offline, train on a local text file instead: {OFFLINE_WAY} (or on the embedded "
+        f"corpus: --config.data.dataset=embedded); or prepare it where there is network "
+        f"({build_command(name)}) and copy it into data.data_dir"))
+    text_keys = text_features(builder)
+    if not text_keys:
+        raise ConfigError(f"data.dataset={name!r} has no text feature (features: "
+                          f"{list(builder.info.features)}); choose a text dataset")
+    train, val = "train", held_out_split(builder)
+    if val is None:  # no held-out split: the end of train, as for local text
+        keep = round(100 * (1 - data.val_fraction))
+        train, val = f"train[:{keep}%]", f"train[{keep}%:]"
+    return Corpus(name, builder, train, val,
+                  text_key="text" if "text" in text_keys else text_keys[0], document_key=None)
+
+
+def prepared_builder(name: str, root: str | None, fix: str) -> tfds.core.DatasetBuilder:
+    """TFDS's builder for `name` (name[/config][:version]), prepared as array_record: downloaded
+    and prepared once when online; `fix` is the way out offered when it cannot be."""
     try:
         builder = tfds.builder(name, data_dir=root, file_format="array_record")
-    except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
+    except (tfds.core.registered.DatasetNotFoundError, ValueError, AssertionError) as e:
+        # AssertionError: a version the catalog does not have
         raise NotInCatalogError(f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
     if not builder.is_prepared():
-        fix = (f"Offline, train on a local text file instead: {OFFLINE_WAY} (or on the embedded "
-               "corpus: --config.data.dataset=embedded); or prepare it where there is network "
-               f"(`tfds build {name} --file_format=array_record`) and copy it into data.data_dir")
         if not network_available():
             raise DatasetUnavailableError(
                 f"TFDS catalog dataset {name!r} is not prepared in {builder.data_dir} and cannot "
@@ -132,18 +157,22 @@ def catalog(name: str, data: DataConfig, root: str | None) -> Corpus:
             raise DatasetUnavailableError(
                 f"TFDS catalog dataset {name!r} could not be downloaded and prepared in "
                 f"{builder.data_dir}: {type(e).__name__}: {e}. {fix}") from e
-    splits = builder.info.splits
-    features = builder.info.features
-    text_keys = [k for k, f in features.items() if isinstance(f, tfds.features.Text)]
-    if not text_keys:
-        raise ConfigError(f"data.dataset={name!r} has no text feature (features: "
-                          f"{list(features)}); choose a text dataset")
-    train, val = "train", next((s for s in ("validation", "test") if s in splits), None)
-    if val is None:  # no held-out split: the end of train, as for local text
-        keep = round(100 * (1 - data.val_fraction))
-        train, val = f"train[:{keep}%]", f"train[{keep}%:]"
-    return Corpus(name, builder, train, val,
-                  text_key="text" if "text" in text_keys else text_keys[0], document_key=None)
+    return builder
+
+
+def text_features(builder: tfds.core.DatasetBuilder) -> list[str]:
+    """The names of the dataset's top-level text features."""
+    return [k for k, f in builder.info.features.items() if isinstance(f, tfds.features.Text)]
+
+
+def held_out_split(builder: tfds.core.DatasetBuilder) -> str | None:
+    """The split of held-out examples: 'validation', else 'test', else None."""
+    return next((s for s in ("validation", "test") if s in builder.info.splits), None)
+
+
+def build_command(name: str) -> str:
+    """The command that prepares catalog dataset `name` where there is network."""
+    return f"`tfds build {name} --file_format=array_record`"
 
 
 def refuse_text_file(data: DataConfig) -> None:

@@ -4,7 +4,9 @@
                                        outdir="/data/owt"))
 
 Documents stream from .txt (a file is one document), .jsonl, .jsonl.gz, .jsonl.zst and .parquet
-(by row group); worker processes tokenize ordered batches of them, eos after every document; the
+(by row group), and from TFDS catalog datasets: an input `tfds:NAME[/CONFIG][:VERSION][@SPLIT]`
+reads the examples' text feature (gptjax.data.catalog_inputs; without a split, 'train', and the
+'validation' or 'test' split as val unless a val split is asked for); worker processes tokenize ordered batches of them, eos after every document; the
 token stream is cut into shards of exactly `shard_tokens` (the last shorter). Each shard is
 written under a .tmp name and renamed, then manifest.json is replaced atomically, so a reader
 (gptjax.data.shards) sees only whole shards. A rerun with the same settings continues after the
@@ -41,6 +43,8 @@ from gptjax.tokenizers import Tokenizer, encode_documents, fingerprint
 FORMAT = "gptjax-tokens/1"
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
+TFDS_PREFIX = "tfds:"  # an input naming a TFDS catalog dataset instead of files
+DEFAULT_VAL_FRACTION = 0.0005
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
 BAD_DOCUMENT = ("error", "skip")
 BATCH_BYTES = 1 << 20  # text per worker task: big enough to amortise pickling, small in memory
@@ -62,17 +66,18 @@ class PrepareSettings:
     tokenizer: str
     outdir: str
     text_field: str = "text"
-    val_fraction: float = 0.0005
+    val_fraction: float | None = None  # None: DEFAULT_VAL_FRACTION, or 0 with val inputs
     val_inputs: tuple[str, ...] | None = None
     shard_tokens: int = 100_000_000
     on_bad_document: str = "error"
     num_workers: int = 1  # 0: tokenize in this process; never changes the shards
+    data_dir: str | None = None  # prepared TFDS datasets (tfds: inputs); None: as for training
 
     def check(self) -> None:
         if not self.inputs:
             raise PrepareError("--inputs is empty: give one or more globs, e.g. "
                                "--inputs='data/*.jsonl.zst'")
-        if not 0.0 <= self.val_fraction < 1.0:
+        if self.val_fraction is not None and not 0.0 <= self.val_fraction < 1.0:
             raise PrepareError(f"--val_fraction={self.val_fraction} must be in [0, 1)")
         if self.val_inputs and self.val_fraction:
             raise PrepareError("give --val_inputs or --val_fraction, not both (set "
@@ -89,6 +94,16 @@ class PrepareSettings:
                 "--tokenizer=char builds its vocabulary from the whole corpus, which a streaming "
                 "preparation never holds; use --tokenizer=byte (any text, 257 ids), gpt2, or a "
                 "folder holding a saved tokenizer")
+
+    def resolved(self) -> PrepareSettings:
+        """These settings with every default made explicit (catalog inputs name their split)."""
+        settings = self
+        if any(map(is_catalog, self.inputs + (self.val_inputs or ()))):
+            settings = _catalog().resolve(self)
+        if settings.val_fraction is None:
+            fraction = 0.0 if settings.val_inputs else DEFAULT_VAL_FRACTION
+            settings = dataclasses.replace(settings, val_fraction=fraction)
+        return settings
 
     def recorded(self) -> dict:
         """The settings as the manifest records them (lists, not tuples: JSON)."""
@@ -113,10 +128,27 @@ class Record:
 
 
 # ---- inputs -------------------------------------------------------------------------------------
+def is_catalog(spec: str) -> bool:
+    """Whether an --inputs entry names a TFDS catalog dataset rather than files."""
+    return spec.startswith(TFDS_PREFIX)
+
+
+def _catalog():
+    """gptjax.data.catalog_inputs: TFDS and grain load only for a tfds: input (~4 s at start)."""
+    from gptjax.data import catalog_inputs
+
+    return catalog_inputs
+
+
+def source_key(source: dict) -> str:
+    """What names an input in messages and records: its path, or tfds:NAME:VERSION@SPLIT."""
+    return source["path"] if "path" in source else _catalog().key(source)
+
+
 def expand(globs: Iterable[str], flag: str) -> list[str]:
     """The files the globs name, sorted; a glob that names no file is an error."""
     files = set()
-    for pattern in globs:
+    for pattern in (g for g in globs if not is_catalog(g)):
         found = [p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
                  if not os.path.isdir(p)]
         if not found:
@@ -130,15 +162,22 @@ def expand(globs: Iterable[str], flag: str) -> list[str]:
 
 
 def sources(settings: PrepareSettings) -> list[dict]:
-    """The input files in stream order (training, then validation), with sizes and splits."""
+    """The inputs in stream order (training, then validation; in each, the files sorted, then
+    the catalog datasets as given), with sizes and splits."""
     train = expand(settings.inputs, "--inputs")
     val = expand(settings.val_inputs, "--val_inputs") if settings.val_inputs else []
-    both = sorted(set(train) & set(val))
+    both = sorted(set(train) & set(val)) + sorted(
+        set(filter(is_catalog, settings.inputs)) & set(settings.val_inputs or ()))
     if both:
         raise PrepareError(f"{both[0]} is in both --inputs and --val_inputs; a document "
                            "belongs to one split")
-    return [{"path": p, "bytes": _size(p), "split": split}
-            for split, files in (("train", train), ("val", val)) for p in files]
+    out = []
+    for split, files, given in (("train", train, settings.inputs),
+                                ("val", val, settings.val_inputs or ())):
+        out += [{"path": p, "bytes": _size(p), "split": split} for p in files]
+        catalog = [g for g in given if is_catalog(g)]
+        out += _catalog().sources(catalog, split, settings) if catalog else []
+    return out
 
 
 def _size(path: str) -> int:
@@ -246,13 +285,16 @@ def _reader(path: str):
     return _read_txt if path.endswith(".txt") else _read_jsonl
 
 
-def records(files: list[dict], field: str, progress=None) -> Iterator[Record]:
-    """Every document of `files` in order; `progress(n)` gets the input bytes read."""
+def records(files: list[dict], field: str, progress=None, data_dir: str | None = None
+            ) -> Iterator[Record]:
+    """Every document of `files` (sources) in order; `progress(n)` gets the input bytes read."""
     index = 0
     for source in files:
-        path, done = source["path"], 0
+        path, done = source_key(source), 0
+        read_source = (_reader(path)(path, field) if "path" in source
+                       else _catalog().read(source, field, data_dir))
         try:
-            for where, text, problem, read in _reader(path)(path, field):
+            for where, text, problem, read in read_source:
                 yield Record(index, path, where, text, problem)
                 index += 1
                 if progress is not None and read > done:
@@ -358,12 +400,13 @@ def _difference(old: dict, new: dict) -> str | None:
         if old.get("settings", {}).get(key) != value:
             return (f"it was prepared with --{key}={old.get('settings', {}).get(key)!r}, "
                     f"not {value!r}")
-    before = {s["path"]: s for s in old.get("sources", [])}
+    before = {source_key(s): s for s in old.get("sources", [])}
     for source in new["sources"]:
-        if source["path"] not in before:
-            return f"input {source['path']} is new"
-        if before.pop(source["path"]) != source:
-            return f"input {source['path']} changed (size or split)"
+        name = source_key(source)
+        if name not in before:
+            return f"input {name} is new"
+        if before.pop(name) != source:
+            return f"input {name} changed (size, examples or split)"
     if before:
         return f"input {next(iter(before))} is gone"
     return None
@@ -516,8 +559,8 @@ class _Run:
 
     def todo(self, files: list[dict], progress) -> Iterator[tuple[Record, str]]:
         """The documents still to tokenize, with their split: those behind a cursor are done."""
-        split_by_path = {f["path"]: f["split"] for f in files}
-        for record in records(files, self.settings.text_field, progress):
+        split_by_path = {source_key(f): f["split"] for f in files}
+        for record in records(files, self.settings.text_field, progress, self.settings.data_dir):
             self.documents = record.index + 1
             split = self.split_of(record, split_by_path[record.path])
             if not self.writers[split].needs(record.index):
@@ -557,6 +600,7 @@ def load_tokenizer(name: str) -> Tokenizer:
 def prepare(settings: PrepareSettings, progress: bool = True) -> dict:
     """Tokenize `settings.inputs` into shards in `settings.outdir`; returns the manifest."""
     settings.check()
+    settings = settings.resolved()
     files = sources(settings)
     tokenizer = load_tokenizer(settings.tokenizer)
     manifest = open_outdir(settings, tokenizer, files)
