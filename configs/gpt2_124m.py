@@ -11,8 +11,12 @@ OpenWebText (.txt or .jsonl files), downloaded to DIR:
     python -m experiments.train --config=configs/gpt2_124m.py --workdir=gs://BUCKET/gpt2_124m \
         --config.data.tokens_dir=/data/fineweb10B
 
-The tokenizer is the one saved with the shards. A TFDS catalog corpus goes through prepare_data
-too; --config.data.dataset=NAME reads a catalog dataset directly, as small datasets do.
+The tokenizer is the one saved with the shards. A TFDS catalog corpus streams into the same shards
+(its train split; its validation or test split becomes val):
+
+    python -m experiments.prepare_data --inputs=tfds:lm1b --tokenizer=gpt2 --outdir=/data/lm1b
+
+--config.data.dataset=NAME reads a catalog dataset directly, in memory, as small datasets do.
 """
 
 from gptjax.config import default_config

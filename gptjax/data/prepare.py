@@ -6,9 +6,10 @@
 Documents stream from .txt (a file is one document), .jsonl, .jsonl.gz, .jsonl.zst and .parquet
 (by row group), and from TFDS catalog datasets: an input `tfds:NAME[/CONFIG][:VERSION][@SPLIT]`
 reads the examples' text feature (gptjax.data.catalog_inputs; without a split, 'train', and the
-'validation' or 'test' split as val unless a val split is asked for); worker processes tokenize ordered batches of them, eos after every document; the
-token stream is cut into shards of exactly `shard_tokens` (the last shorter). Each shard is
-written under a .tmp name and renamed, then manifest.json is replaced atomically, so a reader
+'validation' or 'test' split as val unless a val split is asked for). Worker processes
+tokenize ordered batches of them, eos after every document; the token stream is cut into
+shards of exactly `shard_tokens` (the last shorter). Each shard is written under a .tmp name
+and renamed, then manifest.json is replaced atomically, so a reader
 (gptjax.data.shards) sees only whole shards. A rerun with the same settings continues after the
 last finished shard. Validation: whole documents, either every document of `val_inputs` or, of
 the training inputs, document i when floor((i+1) * val_fraction) > floor(i * val_fraction)
