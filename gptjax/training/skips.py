@@ -7,6 +7,9 @@ A skipped step still counts as a step: it consumes its batch and the step counte
 dropout keys and the checkpoint steps) moves on, as in MaxText and Levanter. The optimizer's own
 count, which drives the learning-rate schedule and Adam's bias correction, advances only with
 applied updates (as optax.apply_if_finite's inner state), and the `lr` column follows it.
+Not optax.apply_if_finite itself: it looks at the gradients only, and its counters in the
+optimizer state would change the checkpoints' structure (older checkpoints must still load).
+The count of skips in a row starts afresh when a run resumes.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 A batch is {'inputs', 'targets': int32 [batch, seq]}, with packed documents (data.document_mask)
 also 'segment_ids' and optionally 'positions' (int32 [batch, seq], see model_inputs).
 train_step_fn and eval_step_fn are the pure steps; compile_train_step compiles the train step for
-a Plan (its shardings, on the state's leaves). None of them does I/O.
+a Plan (its shardings, on the state's leaves). None of them does I/O. A train step whose loss
+or gradient norm is not finite is skipped: params and optimizer state come back bitwise as they
+went in, and its metrics say skipped_steps=1 (gptjax.training.skips, the host side).
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ def _micro_batches(batch, k: int):
 def update_if(ok, tx, grads, params, opt_state):
     """(params, opt_state) after tx's update from `grads` where the scalar `ok` holds, else the
     very same arrays."""
+    # lax.cond, not jnp.where over the leaves: a select keeps the old optimizer moments alive
+    # beside the new ones, and XLA:CPU copied every one of them each step.
     def apply(grads, params, opt_state):
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
