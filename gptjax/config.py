@@ -239,9 +239,17 @@ class TrainConfig:
     # 'lm_head/kernel', 'ln_f/scale'); only parameters whose path it matches (re.search) train
     # and hold optimizer state, the rest stay bitwise as they are. None: every parameter.
     trainable: str | None = None
+    # A step whose loss or gradient norm is not finite is skipped (params and optimizer state
+    # kept); this many skipped in a row stop the run with an error (0: never stop).
+    max_consecutive_skips: int = 10
 
     def validate(self) -> None:
         _require_finite(self, "train")
+        if (not isinstance(self.max_consecutive_skips, int)
+                or isinstance(self.max_consecutive_skips, bool)
+                or self.max_consecutive_skips < 0):
+            _fail("train.max_consecutive_skips", self.max_consecutive_skips,
+                  "must be a non-negative integer (0: never stop on skipped steps)")
         if self.trainable is not None:
             try:
                 re.compile(self.trainable)

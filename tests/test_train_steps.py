@@ -135,7 +135,8 @@ def test_clipping_and_metrics():
     tx, schedule = make_optimizer(cfg.optim, 50)
     step = jax.jit(train_step_fn(cfg, graphdef_of(cfg.model), tx, schedule))
     new, m = step(fresh(cfg, tx), batch_of())
-    assert set(m) == {"loss", "grad_norm", "lr"}
+    assert set(m) == {"loss", "grad_norm", "lr", "skipped_steps"}
+    assert float(m["skipped_steps"]) == 0.0  # a finite step is applied (tests/test_nonfinite.py)
     assert float(m["grad_norm"]) > 1e-3  # reported before clipping
     assert float(m["lr"]) == pytest.approx(1e-3)
     assert float(m["loss"]) == pytest.approx(math.log(23), rel=0.05)  # a fresh model ~ uniform

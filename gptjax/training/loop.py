@@ -40,7 +40,7 @@ from gptjax.model import positions
 from gptjax.model.kernels import check_available
 from gptjax.parallel import make_plan, vocab_shards
 from gptjax.training import checkpoint as ckpt_lib
-from gptjax.training import host, pretrained
+from gptjax.training import host, pretrained, skips
 from gptjax.training import metrics as metrics_lib
 from gptjax.training import optim
 from gptjax.training.optim import make_optimizer
@@ -153,8 +153,10 @@ class Run:
     meter: metrics_lib.Meter
     pbar: Any  # tqdm progress bar
     sampling: Sampling | None  # None: no text samples
+    skip_guard: skips.SkipGuard  # skipped (non-finite) steps in a row
     final: dict = dataclasses.field(default_factory=dict)  # what train() returns
     stop: StopRequest | None = None  # SIGTERM / Ctrl-C: save and stop after the step
+    metrics: Any = None  # the newest step's metrics, on the device
 
     @property
     def state(self) -> TrainState:
@@ -239,7 +241,8 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
                train_step=train_step, eval_step=eval_step, treedef=jax.tree.structure(abstract),
                leaves=jax.tree.leaves(state), start=start, checkpoints=checkpoints,
                writer=writer, meter=_meter(cfg, plan, abstract, workdir), pbar=pbar,
-               sampling=sampling, final={"step": start})
+               sampling=sampling, final={"step": start},
+               skip_guard=skips.SkipGuard(cfg.train.max_consecutive_skips, last_applied=start))
 
 
 def check_writable(workdir: pathlib.Path) -> None:
@@ -387,6 +390,7 @@ def run_steps(run: Run, actions: Iterable[Action], callbacks: Iterable[Callback]
     num_steps = run.cfg.train.num_steps
     for step in range(run.start + 1, num_steps + 1):  # step: the count after this update
         run.leaves, metrics = run.train_step(run.leaves, run.plan.put_batch(next(run.data.train)))
+        run.metrics = metrics
         if step == run.start + 1:  # the first step compiles: keep it out of tokens/s
             run.final["first_step_seconds"] = run.meter.first(metrics)
             logging.info("first step (compile + run): %.1f s", run.final["first_step_seconds"])
@@ -434,19 +438,22 @@ def every(*periods: int) -> Callable[[int, bool], bool]:
 
 
 def default_actions(tcfg) -> list[Action]:
-    """The periodic work of a run, in order: log, evaluate, sample, record, checkpoint."""
+    """The periodic work of a run, in order: log, evaluate, sample, record, stop on skips,
+    checkpoint."""
     return [Action("log", every(tcfg.log_every), log_window),
             Action("evaluate", every(tcfg.eval_every), evaluate_and_log),
             Action("sample", every(tcfg.eval_every, tcfg.sample_every), sample_and_log),
             Action("record", lambda step, last: True, record_row),
+            Action("stop on skips", lambda step, last: True, stop_on_skips),
             Action("checkpoint", every(tcfg.checkpoint_every), save_checkpoint)]
 
 
 def log_window(run: Run, step: int, row: dict) -> None:
     """The logging window's averages and speed into the row, the log and the progress bar."""
     row.update(run.meter.read())
-    logging.info("step %d | loss %.4f | lr %.3e | grad norm %.3f%s%s", step,
+    logging.info("step %d | loss %.4f | lr %.3e | grad norm %.3f%s%s%s", step,
                  row["train_loss"], row["lr"], row["grad_norm"],
+                 f" | skipped {row['skipped_steps']:.0f}" if row.get("skipped_steps") else "",
                  f" | {row['tokens_per_sec']:,.0f} tok/s" if "tokens_per_sec" in row else "",
                  f" | MFU {100 * row['mfu']:.1f}%" if "mfu" in row else "")
     run.pbar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
@@ -508,6 +515,21 @@ def record_row(run: Run, step: int, row: dict) -> None:
     run.writer.write(step, row)
     run.final.update(row)
     run.final["step"] = step
+
+
+def stop_on_skips(run: Run, step: int, row: dict) -> None:
+    """Raise skips.NonFiniteError once train.max_consecutive_skips steps in a row were skipped;
+    before a checkpoint it reads this step's flag too, so no save follows the limit."""
+    tcfg = run.cfg.train
+    last = step == tcfg.num_steps
+    stop = run.skip_guard.observe(step, run.metrics["skipped_steps"],
+                                  wait=every(tcfg.checkpoint_every)(step, last))
+    if stop is None:
+        return
+    run.checkpoints.wait()
+    newest = run.checkpoints.latest_step()
+    raise skips.error(run.skip_guard, stop, None if newest is None else
+                      f"step {newest} at {run.checkpoints.directory / str(newest)}", run.cfg)
 
 
 def save_checkpoint(run: Run, step: int, row: dict) -> None:

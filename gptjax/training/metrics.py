@@ -69,6 +69,7 @@ def flops_per_token(n_matmul_params: int, cfg: ModelConfig, seq_len: int) -> flo
 # under its own name, except these. The columns lead with loss and lr, as they always have.
 ROW_NAMES = {"loss": "train_loss"}
 LAST_VALUE = frozenset({"lr"})  # a schedule's value: the window's last, not its mean
+SUMMED = frozenset({"skipped_steps"})  # counts: the window's total, not its mean
 FIRST_COLUMNS = ("loss", "lr")
 
 
@@ -76,8 +77,12 @@ def window_row(metrics: list[Mapping[str, Any]]) -> dict[str, float]:
     """One metrics.jsonl row from a window of train-step metrics (host values, oldest first)."""
     rank = {k: i for i, k in enumerate(FIRST_COLUMNS)}
     names = sorted(metrics[-1], key=lambda k: rank.get(k, len(rank)))  # stable: others keep order
-    return {ROW_NAMES.get(k, k): float(metrics[-1][k]) if k in LAST_VALUE
-            else float(np.mean([m[k] for m in metrics])) for k in names}
+    def reduce(k):
+        if k in LAST_VALUE:
+            return float(metrics[-1][k])
+        return float((np.sum if k in SUMMED else np.mean)([m[k] for m in metrics]))
+
+    return {ROW_NAMES.get(k, k): reduce(k) for k in names}
 
 
 class Meter:

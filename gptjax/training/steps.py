@@ -3,7 +3,9 @@
 A batch is {'inputs', 'targets': int32 [batch, seq]}, with packed documents (data.document_mask)
 also 'segment_ids' and optionally 'positions' (int32 [batch, seq], see model_inputs).
 train_step_fn and eval_step_fn are the pure steps; compile_train_step compiles the train step for
-a Plan (its shardings, on the state's leaves). None of them does I/O.
+a Plan (its shardings, on the state's leaves). None of them does I/O. A train step whose loss
+or gradient norm is not finite is skipped: params and optimizer state come back bitwise as they
+went in, and its metrics say skipped_steps=1 (gptjax.training.skips, the host side).
 """
 
 from __future__ import annotations
@@ -88,6 +90,27 @@ def _micro_batches(batch, k: int):
                         batch)
 
 
+def update_if(ok, tx, grads, params, opt_state):
+    """(params, opt_state) after tx's update from `grads` where the scalar `ok` holds, else the
+    very same arrays."""
+    # lax.cond, not jnp.where over the leaves: a select keeps the old optimizer moments alive
+    # beside the new ones, and XLA:CPU copied every one of them each step.
+    def apply(grads, params, opt_state):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return jax.lax.cond(ok, apply, lambda g, p, o: (p, o), grads, params, opt_state)
+
+
+def updates_applied(opt_state, default):
+    """The optimizer's own step count (its schedule's position), which skipped steps do not
+    advance; `default` where the optimizer has no schedule state."""
+    counts = [s.count for s in jax.tree.leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+        if isinstance(s, optax.ScaleByScheduleState)]
+    return counts[0] if counts else default
+
+
 def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | None = None,
                   data_mesh=None):
     """The pure train step for this config: (state, batch) -> (state, metrics), not yet jitted.
@@ -144,12 +167,18 @@ def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | No
         grads, ce, z, n = summed_gradients(trainable, frozen, key, batch)
         n = jnp.maximum(n, 1.0)
         grads, ce, z = jax.tree.map(lambda x: x / n, (grads, ce, z))
-        updates, opt_state = tx.update(grads, state.opt_state, trainable)
-        params = nnx.merge_state(optax.apply_updates(trainable, updates), frozen)
-        metrics = {"loss": ce, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+        grad_norm = optax.global_norm(grads)
+        # A non-finite loss or gradient norm skips the update: the params and optimizer state
+        # stay bitwise as they were (the step counter, hence data and dropout keys, moves on).
+        finite = jnp.isfinite(ce) & jnp.isfinite(z) & jnp.isfinite(grad_norm)
+        trainable, opt_state = update_if(finite, tx, grads, trainable, state.opt_state)
+        metrics = {"loss": ce, "grad_norm": grad_norm,
+                   "lr": schedule(updates_applied(state.opt_state, state.step)),
+                   "skipped_steps": jnp.where(finite, 0.0, 1.0)}
         if z_loss:
             metrics["z_loss"] = z
-        return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+        return state.replace(params=nnx.merge_state(trainable, frozen), opt_state=opt_state,
+                             step=state.step + 1), metrics
 
     return step
 
