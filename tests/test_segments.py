@@ -199,8 +199,8 @@ def config(mesh, **model_fields):
     model_fields = {**dict(vocab_size=64, max_len=16, num_layers=1, num_heads=8, d_model=32),
                     **model_fields}
     return Config.from_dict({"model": model_fields,
-                             "data": dict(seq_len=16, batch_size=8, document_mask=True,
-                                          document_positions=True),
+                             "data": dict(dataset="tokens", seq_len=16, batch_size=8,
+                                          document_mask=True, document_positions=True),
                              "optim": dict(lr=1e-2, warmup_steps=0),
                              "train": dict(num_steps=3, seed=0), "mesh": mesh})
 
@@ -294,7 +294,8 @@ def test_check_refuses_a_kernel_without_segment_ids(kernel_without_segments):
                        r"data.document_mask=False"):
         check_config(cfg, 16, segments=True)
     run_cfg = Config.from_dict({"model": dataclasses.asdict(cfg),
-                                "data": dict(seq_len=16, batch_size=8, document_mask=True)})
+                                "data": dict(dataset="tokens", seq_len=16, batch_size=8,
+                                             document_mask=True)})
     with pytest.raises(ConfigError, match="cannot take segment ids"):
         loop.check_config(run_cfg)
     for name in ("xla", "blockwise", "reference"):  # what the message offers does pass
