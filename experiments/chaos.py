@@ -43,10 +43,11 @@ TINY = ["--config.model.num_layers=2", "--config.model.d_model=64", "--config.mo
 # float16 at a high learning rate: the weights grow until a step overflows. Tried at lr 0.1 (no
 # overflow in 80 steps), 0.2, 0.3, 1 (first overflow at steps ~69, 53, 23): once one step
 # overflows every later batch does too (a skipped step keeps the weights that overflowed), so
-# the run skips 10 in a row and stops; resumed with the fix the error names (a lower lr), it
-# trains on from the newest checkpoint, which holds no non-finite value.
+# the run skips 10 in a row and stops. Resumed with a lower lr alone it overflows again (the
+# newest checkpoint's weights are those of the step before the overflow); with the fix the
+# error names first, float32 (a dtype change resumes), it trains on to the end.
 FLOAT16 = ["--config.model.dtype=float16", "--config.optim.lr=0.3"]
-FLOAT16_FIX = "--config.optim.lr=0.1"
+FLOAT16_FIX = ["--config.model.dtype=float32", "--config.optim.lr=0.1"]
 
 
 def command(out: pathlib.Path, steps: int, *extra: str) -> list[str]:
@@ -118,11 +119,13 @@ def nonfinite_phase(out, env) -> dict:
     read16, bad16 = chaos.non_finite(out / "float16")
     if not skipped or skipped[0] < 2 or bad16 or (half["code"] == 0) == (len(skipped) >= 10):
         raise chaos.ChaosError(f"float16: {half}, skipped {skipped}, non-finite {bad16[:3]}")
-    fixed = chaos.failing_run(command(out, FLAGS.steps, *FLOAT16, FLOAT16_FIX),
+    fixed = chaos.failing_run(command(out, FLAGS.steps, *FLOAT16, *FLOAT16_FIX),
                               out / "float16", env)
+    if fixed["code"] != 0 or chaos.last_step(out / "float16") != FLAGS.steps:
+        raise chaos.ChaosError(f"float16, resumed with {FLOAT16_FIX}: {fixed}")
     return dict(lr_error=huge["error"][0], lr_checkpoints=read, float16_skipped=skipped,
                 float16_error=(half["error"] or [""])[0], float16_checkpoints=read16,
-                float16_fix=FLOAT16_FIX,
+                float16_fix=" ".join(FLOAT16_FIX),
                 float16_fixed=dict(code=fixed["code"], error=fixed["error"],
                                    last=chaos.last_step(out / "float16")))
 

@@ -23,6 +23,7 @@ import subprocess
 import time
 from typing import Sequence
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -199,14 +200,14 @@ def failing_run(command, workdir, env, *, timeout: float = 600) -> dict:
 # --- what the checkpoints hold -------------------------------------------------------------------
 
 def saved_state(workdir, step: int | None = None) -> dict:
-    """The TrainState pytree saved at `step` (the newest if None), as host arrays."""
+    """The TrainState pytree saved at `step` (the newest if None), as numpy arrays: readable
+    whatever mesh saved it (an 8-device FSDP run's checkpoint in a 1-device process)."""
     ckpts = pathlib.Path(workdir).absolute() / "checkpoints"
-    step = ckpt_lib.latest_step(ckpts) if step is None else step
-    with ocp.CheckpointManager(ckpts, item_handlers={"state": ocp.StandardCheckpointHandler()}
-                               ) as manager:
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore()))
-    return restored["state"]
+    path = ckpts / str(ckpt_lib.latest_step(ckpts) if step is None else step) / "state"
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        tree = checkpointer.metadata(path).item_metadata.tree
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
 
 
 def _leaves(tree, prefix=""):
@@ -365,10 +366,10 @@ def _float16_line(f: dict, float16: Sequence[str]) -> str:
             f"non-finite value. Resumed with the fix the error names (`{f['float16_fix']}`): "
             f"exit {fixed['code']} at step {fixed['last']}. A real float16 overflow here is "
             "never intermittent: a skipped step keeps the weights that overflowed, so every "
-            "later batch overflows too (tried at lr 0.1, 0.2, 0.3, 1); skipping then "
-            "continuing past isolated bad steps is tested with injected non-finite steps "
-            "(tests/test_nonfinite.py::test_a_float16_run_skips_its_overflowing_steps_and_"
-            "keeps_training).")
+            "later batch overflows too (tried at lr 0.1, 0.2, 0.3, 1; resumed at a lower lr "
+            "alone, it overflows again). Skipping isolated bad steps and training on past them "
+            "is tested with injected non-finite steps (tests/test_nonfinite.py::"
+            "test_a_float16_run_skips_its_overflowing_steps_and_keeps_training).")
 
 
 def _ranges(steps: Sequence[int]) -> str:
