@@ -130,11 +130,11 @@ def nonfinite_phase(out, env) -> dict:
                                    last=chaos.last_step(out / "float16")))
 
 
-def bad_inputs_phase() -> dict:
+def bad_inputs_phase(out: pathlib.Path) -> dict:
     """tests/test_cli_errors.py's table, run: how many cases, how many passed."""
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            "tests/test_cli_errors.py", "-k", "test_bad_input_gets_one_clear_line"],
-                          cwd=ROOT, capture_output=True, text=True, env=environment(ROOT, 8))
+                          cwd=ROOT, capture_output=True, text=True, env=environment(out, 8))
     return chaos.pytest_counts(proc.stdout)
 
 
@@ -149,7 +149,7 @@ def main(argv):
                        "--config.mesh.data=1", "--config.mesh.fsdp=8")
     figures = dict(single=single, fsdp=fsdp, **sigterm_phase(out, environment(out, 1)),
                    **nonfinite_phase(out, environment(out, 1)),
-                   bad=bad_inputs_phase() if FLAGS.bad_inputs else None,
+                   bad=bad_inputs_phase(out) if FLAGS.bad_inputs else None,
                    seconds=time.monotonic() - t0, cpu=cpu_model(),
                    date=datetime.date.today().isoformat(),
                    command=" ".join(["python -m experiments.chaos", *sys.argv[1:]]))

@@ -26,6 +26,7 @@ from typing import Sequence
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from gptjax.training import checkpoint as ckpt_lib
 
@@ -204,10 +205,15 @@ def saved_state(workdir, step: int | None = None) -> dict:
     whatever mesh saved it (an 8-device FSDP run's checkpoint in a 1-device process)."""
     ckpts = pathlib.Path(workdir).absolute() / "checkpoints"
     path = ckpts / str(ckpt_lib.latest_step(ckpts) if step is None else step) / "state"
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        tree = checkpointer.metadata(path).item_metadata.tree
-        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # orbax warns that the item has no step metadata file
+    try:
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            tree = checkpointer.metadata(path).item_metadata.tree
+            as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+            return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+    finally:
+        logging.set_verbosity(verbosity)
 
 
 def _leaves(tree, prefix=""):
@@ -361,8 +367,8 @@ def _float16_line(f: dict, float16: Sequence[str]) -> str:
     stop = (f"then stopped with one line, `{f['float16_error'][:90]}...`"
             if f["float16_error"] else "and trained on to its last step")
     return (f"- float16 (`{' '.join(float16)}`): trained until step {skipped[0] - 1}; "
-            f"{len(skipped)} overflowing steps skipped ({_ranges(skipped)}), the weights "
-            f"unchanged by each, {stop}; checkpoints {f['float16_checkpoints']} hold no "
+            f"{len(skipped)} overflowing steps skipped ({_ranges(skipped)}), "
+            f"{stop}; checkpoints {f['float16_checkpoints']} hold no "
             f"non-finite value. Resumed with the fix the error names (`{f['float16_fix']}`): "
             f"exit {fixed['code']} at step {fixed['last']}. A real float16 overflow here is "
             "never intermittent: a skipped step keeps the weights that overflowed, so every "
