@@ -1,0 +1,163 @@
+r"""The chaos run, long form: real training processes killed, stopped and corrupted, then resumed,
+each ending bitwise equal to an uninterrupted run; writes docs/reliability.md with the figures.
+
+    python -m experiments.chaos                      # about 10 minutes on 2 busy cores
+    python -m experiments.chaos --kills=10 --steps=400 --out=/tmp/chaos
+
+Every run is `python -m experiments.train --config=configs/quickstart.py` made tiny (TINY), with
+a checkpoint every few steps (asynchronous saves) and a line of metrics.jsonl per step. The short
+form is tests/test_chaos.py; the harness is gptjax/bench/chaos.py.
+"""
+
+import datetime
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags, logging
+
+from experiments import cli
+from gptjax.bench import chaos
+from gptjax.bench.train import cpu_model
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("steps", 200, "Training steps of each run.")
+flags.DEFINE_integer("kills", 5, "SIGKILLs of the single-device run (one during a save).")
+flags.DEFINE_integer("fsdp_steps", 100, "Training steps of the 8-device FSDP runs.")
+flags.DEFINE_integer("fsdp_kills", 5, "SIGKILLs of the 8-device FSDP run (one during a save).")
+flags.DEFINE_integer("checkpoint_every", 5, "Steps between (asynchronous) checkpoints.")
+flags.DEFINE_integer("seed", 0, "Seeds the moments of the kills.")
+flags.DEFINE_string("out", None, "Folder for the runs (default: a new temporary folder).")
+flags.DEFINE_string("report", "docs/reliability.md", "Where to write the report ('' for none).")
+flags.DEFINE_bool("bad_inputs", True, "Also run tests/test_cli_errors.py's table of bad inputs.")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--config.model.num_layers=2", "--config.model.d_model=64", "--config.model.num_heads=2",
+        "--config.model.dropout=0.1",  # the per-step dropout keys must resume exactly too
+        "--config.train.log_every=1", "--config.train.eval_steps=2",
+        "--config.train.sample_tokens=0", "--config.mesh.cpu_devices=0"]
+# float16 at a high learning rate: the weights grow until a step overflows. Tried at lr 0.1 (no
+# overflow in 80 steps), 0.2, 0.3, 1 (first overflow at steps ~69, 53, 23): once one step
+# overflows every later batch does too (a skipped step keeps the weights that overflowed), so
+# the run skips 10 in a row and stops. Resumed with a lower lr alone it overflows again (the
+# newest checkpoint's weights are those of the step before the overflow); with the fix the
+# error names first, float32 (a dtype change resumes), it trains on to the end.
+FLOAT16 = ["--config.model.dtype=float16", "--config.optim.lr=0.3"]
+FLOAT16_FIX = ["--config.model.dtype=float32", "--config.optim.lr=0.1"]
+
+
+def command(out: pathlib.Path, steps: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "experiments.train", "--config=configs/quickstart.py", *TINY,
+            f"--config.train.num_steps={steps}", f"--config.train.eval_every={steps}",
+            f"--config.train.checkpoint_every={FLAGS.checkpoint_every}",
+            f"--config.data.data_dir={out / 'data'}", *extra]
+
+
+def environment(out: pathlib.Path, devices: int) -> dict:
+    """The children's environment: CPU, `devices` host devices, one shared compilation cache."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(out / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1", PYTHONPATH=str(ROOT))
+    env.pop("XLA_FLAGS", None)
+    if devices > 1:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def bitwise(a: pathlib.Path, b: pathlib.Path, what: str) -> int:
+    compared, diff = chaos.differing(a, b)
+    if diff:
+        raise chaos.ChaosError(f"{what}: {len(diff)} of {compared} arrays differ: {diff[:3]}")
+    return compared
+
+
+def kills_phase(out, name, steps, kills, env, *extra) -> dict:
+    """A straight run and one killed `kills` times, compared bitwise."""
+    cmd = command(out, steps, *extra)
+    t0 = time.monotonic()
+    straight_s = chaos.straight_run(cmd, out / f"{name}_straight", env)
+    done = chaos.killed_run(cmd, out / f"{name}_killed", env, kills=kills, num_steps=steps,
+                            seed=FLAGS.seed)
+    arrays = bitwise(out / f"{name}_straight", out / f"{name}_killed", name)
+    logging.info("%s: %d kills survived, %d arrays bitwise equal", name, len(done), arrays)
+    return dict(kills=done, arrays=arrays, straight_s=straight_s, s=time.monotonic() - t0)
+
+
+def sigterm_phase(out, env) -> dict:
+    """SIGTERM mid-run, resumed; a copy with its newest checkpoint truncated, resumed."""
+    cmd = command(out, FLAGS.steps)
+    work, cut = out / "sigterm", out / "truncated"
+    stop = chaos.sigterm_run(cmd, work, env, at_step=FLAGS.steps // 2 + 1)
+    shutil.copytree(work, cut)
+    truncated = chaos.truncate_newest(cut)
+    chaos.straight_run(cmd, work, env)
+    chaos.straight_run(cmd, cut, env)
+    warned = "is unreadable" in pathlib.Path(f"{cut}-log.err").read_text()
+    if not warned:
+        raise chaos.ChaosError("the truncated checkpoint was not reported")
+    straight = out / "single_straight"
+    return dict(**stop, truncated=truncated, warned=warned,
+                sigterm_arrays=bitwise(straight, work, "SIGTERM"),
+                truncated_arrays=bitwise(straight, cut, "truncated"))
+
+
+def nonfinite_phase(out, env) -> dict:
+    """lr=1e30 must stop with one error line and no non-finite checkpoint; float16 at a high
+    learning rate must skip its overflowing steps (see FLOAT16), keep its checkpoints finite,
+    and train on once resumed with a lower learning rate."""
+    huge = chaos.failing_run(command(out, FLAGS.steps, "--config.optim.lr=1e30"),
+                             out / "lr1e30", env)
+    read, bad = chaos.non_finite(out / "lr1e30")
+    if huge["code"] == 0 or len(huge["error"]) != 1 or huge["traceback"] or bad:
+        raise chaos.ChaosError(f"lr=1e30: {huge}, non-finite arrays {bad[:3]}")
+    half = chaos.failing_run(command(out, FLAGS.steps, *FLOAT16), out / "float16", env)
+    skipped = chaos.skipped_steps(out / "float16")
+    read16, bad16 = chaos.non_finite(out / "float16")
+    if not skipped or skipped[0] < 2 or bad16 or (half["code"] == 0) == (len(skipped) >= 10):
+        raise chaos.ChaosError(f"float16: {half}, skipped {skipped}, non-finite {bad16[:3]}")
+    fixed = chaos.failing_run(command(out, FLAGS.steps, *FLOAT16, *FLOAT16_FIX),
+                              out / "float16", env)
+    if fixed["code"] != 0 or chaos.last_step(out / "float16") != FLAGS.steps:
+        raise chaos.ChaosError(f"float16, resumed with {FLOAT16_FIX}: {fixed}")
+    return dict(lr_error=huge["error"][0], lr_checkpoints=read, float16_skipped=skipped,
+                float16_error=(half["error"] or [""])[0], float16_checkpoints=read16,
+                float16_fix=" ".join(FLOAT16_FIX),
+                float16_fixed=dict(code=fixed["code"], error=fixed["error"],
+                                   last=chaos.last_step(out / "float16")))
+
+
+def bad_inputs_phase(out: pathlib.Path) -> dict:
+    """tests/test_cli_errors.py's table, run: how many cases, how many passed."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_cli_errors.py", "-k", "test_bad_input_gets_one_clear_line"],
+                          cwd=ROOT, capture_output=True, text=True, env=environment(out, 8))
+    return chaos.pytest_counts(proc.stdout)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    out = pathlib.Path(FLAGS.out or tempfile.mkdtemp(prefix="gptjax-chaos-")).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    single = kills_phase(out, "single", FLAGS.steps, FLAGS.kills, environment(out, 1))
+    fsdp = kills_phase(out, "fsdp", FLAGS.fsdp_steps, FLAGS.fsdp_kills, environment(out, 8),
+                       "--config.mesh.data=1", "--config.mesh.fsdp=8")
+    figures = dict(single=single, fsdp=fsdp, **sigterm_phase(out, environment(out, 1)),
+                   **nonfinite_phase(out, environment(out, 1)),
+                   bad=bad_inputs_phase(out) if FLAGS.bad_inputs else None,
+                   seconds=time.monotonic() - t0, cpu=cpu_model(),
+                   date=datetime.date.today().isoformat(),
+                   command=" ".join(["python -m experiments.chaos", *sys.argv[1:]]))
+    text = chaos.report(figures, TINY, FLOAT16)
+    print(text)
+    if FLAGS.report:
+        (ROOT / FLAGS.report).write_text(text)
+
+
+if __name__ == "__main__":
+    cli.run(main)
