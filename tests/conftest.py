@@ -6,6 +6,12 @@ import pathlib
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest.ini runs two workers: datasets that tests
+    # prepare in the default place are prepared once per worker, never by two at once
+    import tempfile
+
+    os.environ.setdefault("GPTJAX_DATA_DIR", os.path.join(
+        tempfile.gettempdir(), f"gptjax-test-data-{os.environ['PYTEST_XDIST_WORKER']}"))
 
 import pytest  # noqa: E402
 
