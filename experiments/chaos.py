@@ -138,9 +138,26 @@ def bad_inputs_phase(out: pathlib.Path) -> dict:
     return chaos.pytest_counts(proc.stdout)
 
 
+def check_flags() -> None:
+    """Bad sizes fail here, in one line, before any training process starts."""
+    for name in ("steps", "fsdp_steps", "checkpoint_every"):
+        if getattr(FLAGS, name) <= 0:
+            raise app.UsageError(f"--{name}={getattr(FLAGS, name)} must be positive")
+    for name in ("kills", "fsdp_kills"):
+        if getattr(FLAGS, name) < 1:
+            raise app.UsageError(f"--{name}={getattr(FLAGS, name)} must be at least 1 (one "
+                                 "kill lands during a save)")
+    shortest = min(FLAGS.steps, FLAGS.fsdp_steps)
+    if FLAGS.checkpoint_every * 2 > shortest:
+        raise app.UsageError(f"--checkpoint_every={FLAGS.checkpoint_every} leaves fewer than two "
+                             f"checkpoints in a {shortest}-step run; lower it or raise --steps / "
+                             "--fsdp_steps")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    check_flags()
     out = pathlib.Path(FLAGS.out or tempfile.mkdtemp(prefix="gptjax-chaos-")).absolute()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()

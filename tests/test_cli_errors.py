@@ -207,6 +207,9 @@ def table(f: dict, run: str, tmp: pathlib.Path) -> list[tuple[str, str, list[str
                                            f"--out={new}/d.md"], r"nope"),
         ("bench_data", "missing-text", [f"--text={tmp / 'none.txt'}", "--sections=tokenize",
                                         f"--workdir={new}", f"--out={new}/d.md"], r"none\.txt"),
+        ("chaos", "zero-kills", ["--kills=0", f"--out={new}/c", "--report="], r"--kills=0"),
+        ("chaos", "sparse-checkpoints", ["--checkpoint_every=80", "--fsdp_steps=100",
+                                         f"--out={new}/c", "--report="], r"checkpoint_every=80"),
     ]
 
 
