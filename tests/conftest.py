@@ -26,3 +26,14 @@ def shakespeare_path():
     if not SHAKESPEARE.exists():
         pytest.skip(f"{SHAKESPEARE} is absent (../shared is not beside this checkout)")
     return SHAKESPEARE
+
+
+@pytest.fixture(scope="module")
+def fast_compiles():
+    """Tiny models: compile time dominates, and XLA's optimisations do not pay for themselves."""
+    import jax
+
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)

@@ -95,15 +95,6 @@ STRATEGIES = {
 }
 
 
-@pytest.fixture(scope="module")
-def fast_compiles():
-    # Tiny models: compile time dominates, and XLA's optimisations do not pay for themselves.
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
-
-
 @pytest.mark.parametrize("strategy,kind", [(s, "loss") for s in STRATEGIES] + [("fsdp", "grads")])
 def test_a_non_finite_step_leaves_params_and_optimizer_state_bitwise(poison, fast_compiles,
                                                                      strategy, kind):

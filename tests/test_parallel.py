@@ -41,15 +41,6 @@ def tiny(mesh=None, batch_size=8, **model) -> Config:
 
 
 @pytest.fixture(scope="module")
-def fast_compiles():
-    # Tiny models: compile time dominates, and XLA's optimisations do not pay for themselves.
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
-
-
-@pytest.fixture(scope="module")
 def batches():
     return scaling.synthetic_batches(tiny(), STEPS)
 

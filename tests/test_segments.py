@@ -58,13 +58,7 @@ def _kernel(name):
     return functools.partial(kernels.get_kernel(name), **OPTIONS.get(name, {}))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-    # Tiny shapes: compile time dominates, and XLA's optimisations do not pay for themselves.
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # conftest.py: tiny shapes
 
 
 # --- kernels -------------------------------------------------------------------------------
