@@ -6,7 +6,7 @@ import pathlib
 
 import numpy as np
 
-from gptjax.data.tokens import fingerprint
+from gptjax.tokenizers import fingerprint
 
 
 def write_shards(folder, tokenizer, splits: dict, *, name: str = "byte",

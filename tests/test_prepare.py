@@ -19,7 +19,7 @@ import zstandard
 
 from gptjax import tokenizers as tokenizers_module
 from gptjax.data.prepare import MANIFEST, PrepareError, PrepareSettings, prepare, records
-from gptjax.data.tokens import fingerprint
+from gptjax.tokenizers import fingerprint
 from gptjax.tokenizers import Tokenizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ boundary is read from both shards, so the shard size changes no batch.
 
 The run's tokenizer is the one saved in DIR/tokenizer. data.tokenizer may stay at its default
 ('char'), name the shards' tokenizer (the manifest's name) or any tokenizer with the same
-fingerprint (gptjax.data.tokens.fingerprint); another one is a ConfigError, since its ids would
+fingerprint (gptjax.tokenizers.fingerprint); another one is a ConfigError, since its ids would
 not be the shards'.
 
 With data.document_mask each batch also holds 'segment_ids' (documents numbered from 0 within a
@@ -28,14 +28,12 @@ import grain
 import numpy as np
 
 from gptjax.config import Config, ConfigError, DataConfig
-from gptjax.data.base import READ_OPTIONS, Batch, BatchData
-from gptjax.data.tokens import fingerprint
-from gptjax.data.windows import Windows, host_batches
-from gptjax.tokenizers import Tokenizer
+from gptjax.data.base import Batch, BatchData
+from gptjax.data.windows import split_batches
+from gptjax.tokenizers import Tokenizer, fingerprint
 
 FORMAT = "gptjax-tokens/1"
 SPLITS = ("train", "val")
-VAL_SEED = 0  # validation windows are drawn the same way for every run, so runs compare
 DTYPES = ("uint16", "uint32")
 
 
@@ -215,14 +213,11 @@ def build_tokens(config: Config, tokenizer, process_index: int,
                 "an eos token (byte, gpt2)")
         extras = lambda inputs: document_ids(inputs, eos, data.document_positions)  # noqa
     train_stream, val_stream = _streams(data, folder, manifest)
-    train = Windows(train_stream, data.seq_len, seed=config.train.seed % 2**32,
-                    shuffle=data.shuffle, phased=data.shuffle)
-    val = Windows(val_stream, data.seq_len, seed=VAL_SEED, shuffle=True, phased=False)
-    train_dataset = host_batches(train, data.batch_size, process_index, process_count,
-                                 extras).to_iter_dataset(READ_OPTIONS)
+    batches = split_batches(config, train_stream, val_stream, process_index, process_count,
+                            extras)
     return TokensData(
-        tokenizer=tokenizer, train=iter(train_dataset), train_dataset=train_dataset,
-        val_dataset=host_batches(val, data.batch_size, process_index, process_count, extras),
+        tokenizer=tokenizer, train=iter(batches.train_dataset),
+        train_dataset=batches.train_dataset, val_dataset=batches.val_dataset,
         vocab_size=tokenizer.vocab_size, folder=folder, manifest=manifest,
         train_tokens=len(train_stream), val_tokens=len(val_stream),
-        train_windows=train.count, val_windows=val.count)
+        train_windows=batches.train_windows, val_windows=batches.val_windows)

@@ -15,12 +15,10 @@ from absl import logging
 
 from gptjax.config import Config, ConfigError, DataConfig
 from gptjax.data import tokens as tokens_lib
-from gptjax.data.base import READ_OPTIONS, Batch, BatchData
+from gptjax.data.base import Batch, BatchData
 from gptjax.data.datasets import Corpus, data_dir
-from gptjax.data.windows import Windows, host_batches
+from gptjax.data.windows import split_batches
 from gptjax.tokenizers import Tokenizer
-
-VAL_SEED = 0  # validation windows are drawn the same way for every run, so runs compare
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -76,18 +74,15 @@ def build_text(config: Config, corpus: Corpus, tokenizer, process_index: int,
                 "data.seq_len, use a longer text"
                 + (" or raise data.val_fraction" if split == "validation" else ""))
 
-    train = Windows(train_tokens, data.seq_len, seed=config.train.seed % 2**32,
-                    shuffle=data.shuffle, phased=data.shuffle)
-    val = Windows(val_tokens, data.seq_len, seed=VAL_SEED, shuffle=True, phased=False)
-    train_dataset = host_batches(train, data.batch_size, process_index,
-                                 process_count).to_iter_dataset(READ_OPTIONS)
+    batches = split_batches(config, train_tokens, val_tokens, process_index, process_count)
     return TextData(
-        tokenizer=tokenizer, train=iter(train_dataset), train_dataset=train_dataset,
-        val_dataset=host_batches(val, data.batch_size, process_index, process_count),
+        tokenizer=tokenizer, train=iter(batches.train_dataset),
+        train_dataset=batches.train_dataset, val_dataset=batches.val_dataset,
         vocab_size=tokenizer.vocab_size, corpus=corpus, seq_len=data.seq_len,
         global_batch_size=data.batch_size, process_index=process_index,
         process_count=process_count, train_tokens=len(train_tokens),
-        val_tokens=len(val_tokens), train_windows=train.count, val_windows=val.count)
+        val_tokens=len(val_tokens), train_windows=batches.train_windows,
+        val_windows=batches.val_windows)
 
 
 def text_dataset(corpus: Callable[[DataConfig, str | None], Corpus]):

@@ -12,7 +12,7 @@ import numpy as np
 from absl import logging
 
 from gptjax.data.datasets import Corpus
-from gptjax.tokenizers import fingerprint  # noqa: F401  (here before; shards import it)
+from gptjax.tokenizers import fingerprint
 
 ENCODE_GROUP = 1024  # documents per encode_batch call when tokenizing many small documents
 

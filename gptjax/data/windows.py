@@ -13,12 +13,16 @@ The permutation is numpy's, one per epoch for a whole batch at once: grain's per
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import grain
 import numpy as np
 
-from gptjax.data.base import Batch, Epochs, endless_batches
+from gptjax.config import Config
+from gptjax.data.base import READ_OPTIONS, Batch, Epochs, endless_batches
+
+VAL_SEED = 0  # validation windows are drawn the same way for every run, so runs compare
 
 
 def window_count(num_tokens: int, seq_len: int, phased: bool) -> int:
@@ -71,3 +75,29 @@ def host_batches(windows: Windows, global_batch: int, process_index: int,
         return out
 
     return endless_batches(batch, global_batch, process_index, process_count)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitBatches:
+    """A token dataset's two splits as this process's batches (what split_batches builds)."""
+
+    train_dataset: grain.IterDataset  # iter() of it starts again from the first batch
+    val_dataset: grain.MapDataset
+    train_windows: int  # per epoch
+    val_windows: int
+
+
+def split_batches(config: Config, train_tokens, val_tokens, process_index: int,
+                  process_count: int, extras: Callable[[np.ndarray], Batch] | None = None
+                  ) -> SplitBatches:
+    """Train windows shuffled (and phased) by train.seed as data.shuffle says, validation
+    windows by VAL_SEED, each as this process's batches (host_batches)."""
+    data = config.data
+    train = Windows(train_tokens, data.seq_len, seed=config.train.seed % 2**32,
+                    shuffle=data.shuffle, phased=data.shuffle)
+    val = Windows(val_tokens, data.seq_len, seed=VAL_SEED, shuffle=True, phased=False)
+    return SplitBatches(
+        train_dataset=host_batches(train, data.batch_size, process_index, process_count,
+                                   extras).to_iter_dataset(READ_OPTIONS),
+        val_dataset=host_batches(val, data.batch_size, process_index, process_count, extras),
+        train_windows=train.count, val_windows=val.count)
