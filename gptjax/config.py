@@ -143,6 +143,7 @@ class DataConfig:
     tokens_dir: str | None = None  # dataset='tokens': a folder written by experiments.prepare_data
     document_mask: bool = False  # dataset='tokens': segment ids; attention stays in its document
     document_positions: bool = False  # with document_mask: positions restart at each document
+    pack: bool = False  # dataset='task': several examples per row, each attending to itself only
 
     def validate(self) -> None:
         _require_finite(self, "data")
@@ -161,6 +162,11 @@ class DataConfig:
             _fail("data.document_mask", self.document_mask,
                   f"needs data.dataset='tokens' (prepared shards), not {self.dataset!r}; "
                   "set data.document_mask=False")
+        if self.pack and self.dataset != "task":
+            # Text and shards are cut into full windows already; only task rows have padding.
+            _fail("data.pack", self.pack, f"packs fine-tuning examples (data.dataset='task'), "
+                  f"not {self.dataset!r}; set data.pack=False (data.document_mask keeps "
+                  "attention within the documents of prepared shards)")
 
     def __post_init__(self):
         self.validate()

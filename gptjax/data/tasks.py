@@ -16,8 +16,14 @@ Formats (gptjax.data.tasks.TASKS):
     translation  {"source", "target", optional "source_lang", "target_lang"}
     dialogue     {"messages": [{"role": "system" | "user" | "assistant", "content"}, ...]}
 
-One example per row (no packing across examples): rows are padded with IGNORE targets, and an
-example longer than seq_len+1 tokens is cut at the end (counted and logged).
+One example per row by default: rows are padded with IGNORE targets, and an example longer
+than seq_len+1 tokens is cut at the end (counted and logged). With data.pack=True several
+examples share a row (first fit, in an order drawn once from train.seed when data.shuffle, else
+the files' order; the validation rows in the files' order), none split across rows: each example
+is a segment with positions from 0 (batches carry 'segment_ids' and 'positions', as packed
+documents do, so attention stays within the example), and the padding after a row's last example
+is one more segment, never scored. Every example is in exactly one row, and each epoch shuffles
+the rows, so an epoch holds every example once.
 """
 
 from __future__ import annotations
@@ -153,30 +159,120 @@ def encode(segments: Sequence[Segment], tokenizer) -> tuple[np.ndarray, np.ndarr
     return np.asarray(ids, np.int64), np.asarray(scored, bool)
 
 
-def to_rows(examples, tokenizer, seq_len: int, what: str) -> dict[str, np.ndarray]:
-    """{'inputs', 'targets'}: int32 [examples, seq_len], one example per row."""
-    pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    inputs = np.full((len(examples), seq_len), pad, np.int32)
-    targets = np.full((len(examples), seq_len), IGNORE, np.int32)
-    cut = 0
-    for row, segments in enumerate(examples):
+def encode_rows(examples, tokenizer, seq_len: int, what: str) -> list[tuple[np.ndarray,
+                                                                           np.ndarray]]:
+    """(inputs, targets) int32 of each example that keeps a scored token within seq_len: its
+    tokens but the last, and the next tokens where they are written (IGNORE elsewhere)."""
+    encoded, cut = [], 0
+    for segments in examples:
         ids, scored = encode(segments, tokenizer)
         cut += len(ids) > seq_len + 1
         ids, scored = ids[:seq_len + 1], scored[:seq_len + 1]
-        n = len(ids) - 1
-        inputs[row, :n] = ids[:-1]
-        targets[row, :n] = np.where(scored[1:], ids[1:], IGNORE)
+        encoded.append((ids[:-1].astype(np.int32),
+                        np.where(scored[1:], ids[1:], IGNORE).astype(np.int32)))
     if cut:
         logging.warning("%s: %d of %d examples are longer than data.seq_len+1=%d tokens and "
                         "were cut at the end", what, cut, len(examples), seq_len + 1)
-    empty = ~(targets >= 0).any(axis=1)
-    if empty.all():
+    kept = [(x, y) for x, y in encoded if (y >= 0).any()]
+    if not kept:
         raise ConfigError(f"{what}: no example keeps a scored token within data.seq_len="
                           f"{seq_len}; raise data.seq_len or shorten the prompts")
-    if empty.any():
+    if len(kept) < len(encoded):
         logging.warning("%s: %d examples have no answer token within data.seq_len=%d and are "
-                        "left out", what, int(empty.sum()), seq_len)
-    return {"inputs": inputs[~empty], "targets": targets[~empty]}
+                        "left out", what, len(encoded) - len(kept), seq_len)
+    return kept
+
+
+def _pad(tokenizer) -> int:
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
+def one_per_row(encoded, seq_len: int, pad: int) -> dict[str, np.ndarray]:
+    """{'inputs', 'targets'}: int32 [examples, seq_len] of encode_rows' examples, padded."""
+    inputs = np.full((len(encoded), seq_len), pad, np.int32)
+    targets = np.full((len(encoded), seq_len), IGNORE, np.int32)
+    for row, (x, y) in enumerate(encoded):
+        inputs[row, :len(x)], targets[row, :len(y)] = x, y
+    return {"inputs": inputs, "targets": targets}
+
+
+def to_rows(examples, tokenizer, seq_len: int, what: str) -> dict[str, np.ndarray]:
+    """{'inputs', 'targets'}: int32 [examples, seq_len], one example per row."""
+    return one_per_row(encode_rows(examples, tokenizer, seq_len, what), seq_len, _pad(tokenizer))
+
+
+def first_fit(lengths: Sequence[int], capacity: int, order: Sequence[int]) -> list[list[int]]:
+    """The items of each row: items taken in `order`, each into the first row with room for it
+    (a new row when none has); items keep that order within a row."""
+    free = np.empty(len(lengths), np.int64)  # at most one row per item
+    rows: list[list[int]] = []
+    for item in order:
+        fits = np.flatnonzero(free[:len(rows)] >= lengths[item])
+        if len(fits):
+            row = int(fits[0])
+        else:
+            row, free[len(rows)] = len(rows), capacity
+            rows.append([])
+        rows[row].append(item)
+        free[row] -= lengths[item]
+    return rows
+
+
+def packed_rows(encoded, seq_len: int, pad: int, seed: int | None) -> dict[str, np.ndarray]:
+    """{'inputs', 'targets', 'segment_ids', 'positions'}: int32 [rows, seq_len], several of
+    encode_rows' examples per row, first fit in the order of a permutation drawn from `seed`
+    (the files' order when None). Example k of a row has segment id k and positions from 0, so
+    it attends to itself alone; the padding after the last is one more segment, not scored."""
+    order = (np.arange(len(encoded)) if seed is None
+             else np.random.default_rng(seed).permutation(len(encoded)))
+    rows = first_fit([len(x) for x, _ in encoded], seq_len, order)
+    out = {"inputs": np.full((len(rows), seq_len), pad, np.int32),
+           "targets": np.full((len(rows), seq_len), IGNORE, np.int32),
+           "segment_ids": np.zeros((len(rows), seq_len), np.int32),
+           "positions": np.zeros((len(rows), seq_len), np.int32)}
+    for r, items in enumerate(rows):
+        start = 0
+        for k, item in enumerate(items):
+            x, y = encoded[item]
+            end = start + len(x)
+            out["inputs"][r, start:end], out["targets"][r, start:end] = x, y
+            out["segment_ids"][r, start:end] = k
+            out["positions"][r, start:end] = np.arange(len(x))
+            start = end
+        out["segment_ids"][r, start:] = len(items)
+        out["positions"][r, start:] = np.arange(seq_len - start)
+    return out
+
+
+def pack_rows(examples, tokenizer, seq_len: int, what: str,
+              seed: int | None = None) -> dict[str, np.ndarray]:
+    """The examples' rows as data.pack=True lays them out (packed_rows)."""
+    return packed_rows(encode_rows(examples, tokenizer, seq_len, what), seq_len,
+                       _pad(tokenizer), seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    """A split's rows and what they hold: examples, rows, and the examples' tokens (the rest of
+    rows x seq_len is padding)."""
+
+    arrays: dict[str, np.ndarray]
+    examples: int
+    tokens: int
+
+    @property
+    def rows(self) -> int:
+        return len(self.arrays["inputs"])
+
+
+def split_rows(examples, tokenizer, data, what: str, seed: int | None) -> Rows:
+    """The rows of one split as data.pack asks: packed (first fit, `seed`'s order) or one
+    example per row."""
+    encoded = encode_rows(examples, tokenizer, data.seq_len, what)
+    pad = _pad(tokenizer)
+    arrays = (packed_rows(encoded, data.seq_len, pad, seed) if data.pack
+              else one_per_row(encoded, data.seq_len, pad))
+    return Rows(arrays, len(encoded), sum(len(x) for x, _ in encoded))
 
 
 def _batches(rows: Mapping[str, np.ndarray], seed: int, global_batch: int, process_index: int,
@@ -198,6 +294,10 @@ class TaskData(BatchData):
 
     train_examples: int
     val_examples: int
+    train_rows: int  # = the examples, unless data.pack
+    val_rows: int
+    train_tokens: int  # the examples' tokens in the rows; the rest of rows x seq_len is padding
+    val_tokens: int
 
 
 def build_task_data(config: Config, tokenizer, process_index: int,
@@ -225,13 +325,19 @@ def build_task_data(config: Config, tokenizer, process_index: int,
         if data.tokenizer == "char":  # every character of the examples
             corpus = "".join(text for ex in train + val for text, _ in ex)
         tokenizer = Tokenizer.from_name(data.tokenizer, corpus=corpus)
-    train_rows = to_rows(train, tokenizer, data.seq_len, "data.text_file")
-    val_rows = to_rows(val, tokenizer, data.seq_len, "validation examples")
     seed = config.train.seed % 2**32
-    train_ds = _batches(train_rows, seed, data.batch_size, process_index, process_count,
+    # Packed, the rows are drawn once (from the seed when shuffling) and each epoch shuffles them.
+    train_rows = split_rows(train, tokenizer, data, "data.text_file",
+                            seed if data.shuffle else None)
+    val_rows = split_rows(val, tokenizer, data, "validation examples", None)
+    train_ds = _batches(train_rows.arrays, seed, data.batch_size, process_index, process_count,
                         data.shuffle)
-    val_ds = _batches(val_rows, 0, data.batch_size, process_index, process_count, False)
-    logging.info("task %r: %d training and %d validation examples", data.task,
-                 len(train_rows["inputs"]), len(val_rows["inputs"]))
+    val_ds = _batches(val_rows.arrays, 0, data.batch_size, process_index, process_count, False)
+    logging.info("task %r: %d training and %d validation examples in %d and %d rows of %d "
+                 "tokens, %.0f%% of them the examples' (data.pack=%s)", data.task,
+                 train_rows.examples, val_rows.examples, train_rows.rows, val_rows.rows,
+                 data.seq_len, 100 * train_rows.tokens / (train_rows.rows * data.seq_len),
+                 data.pack)
     return TaskData(tokenizer, iter(train_ds.to_iter_dataset(READ_OPTIONS)), val_ds,
-                    tokenizer.vocab_size, len(train_rows["inputs"]), len(val_rows["inputs"]))
+                    tokenizer.vocab_size, train_rows.examples, val_rows.examples,
+                    train_rows.rows, val_rows.rows, train_rows.tokens, val_rows.tokens)

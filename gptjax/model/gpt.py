@@ -22,10 +22,11 @@ from gptjax.model.masks import Mask
 from gptjax.parallel.rules import with_logical_constraint as constrain  # no-op off a mesh
 
 
-def check_config(cfg: ModelConfig, seq_len: int | None = None, *, segments: bool = False) -> None:
+def check_config(cfg: ModelConfig, seq_len: int | None = None, *,
+                 segments: bool | str = False) -> None:
     """Raise ConfigError if the registries cannot build cfg: its position encoding and its
     attention kernel (with that kernel's limits; seq_len: a training length; segments: batches
-    carry segment ids, data.document_mask). Reads nothing."""
+    carry segment ids, data.document_mask, or the field that asks, 'data.pack'). Reads nothing."""
     positions.check(cfg)
     kernels.check(cfg, seq_len, segments=segments)
     limit = positions.get(cfg.position).max_positions(cfg)

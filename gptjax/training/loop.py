@@ -104,7 +104,8 @@ def check_config(cfg: Config) -> None:
     """The registries' checks of a config (kernel and its limits, segment ids included;
     position encoding; schedule), which read nothing and compile nothing: what Config itself
     cannot know."""
-    check_model(cfg.model, cfg.data.seq_len, segments=cfg.data.document_mask)
+    check_model(cfg.model, cfg.data.seq_len,
+                segments="data.pack" if cfg.data.pack else cfg.data.document_mask)
     optim.check(cfg.optim)
 
 

@@ -79,10 +79,12 @@ def _fail(field: str, value, why: str):
     raise ConfigError(f"{field}={value!r} is invalid: {why}")
 
 
-def check(cfg: ModelConfig, seq_len: int | None = None, *, segments: bool = False) -> None:
+def check(cfg: ModelConfig, seq_len: int | None = None, *,
+          segments: bool | str = False) -> None:
     """Raise ConfigError if model.attention is unknown or cannot do what cfg asks of it:
-    dropout, dtype, window, ALiBi, segment ids (segments: data.document_mask) and the kernel's
-    own rules (seq_len: a training length)."""
+    dropout, dtype, window, ALiBi, segment ids (segments: True for data.document_mask, or the
+    name of the field that asks for them, 'data.pack') and the kernel's own rules (seq_len: a
+    training length)."""
     get_kernel(cfg.attention)
     name, needs = cfg.attention, REQUIREMENTS[cfg.attention]
     if not needs.dropout and cfg.dropout > 0:
@@ -101,9 +103,10 @@ def check(cfg: ModelConfig, seq_len: int | None = None, *, segments: bool = Fals
               f"score bias; set model.position='rope' or use model.attention={needs.instead}")
     if segments and not needs.segments:
         able = [n for n, r in REQUIREMENTS.items() if r.segments]
-        _fail("data.document_mask", True, f"model.attention={name!r} cannot take segment ids "
+        field = segments if isinstance(segments, str) else "data.document_mask"
+        _fail(field, True, f"model.attention={name!r} cannot take segment ids "
               f"(attention kept within each document); choose a model.attention that can, one "
-              f"of {able}, or set data.document_mask=False")
+              f"of {able}, or set {field}=False")
     if needs.rules is not None:
         needs.rules(cfg, seq_len)
 
