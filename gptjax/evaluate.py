@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -143,10 +144,17 @@ def fits(example: Example, max_len: int, max_new_tokens: int) -> bool:
 
 # ---- answer loss -------------------------------------------------------------------------------
 
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _answer_sums(graphdef, params, inputs, targets):
+    """(summed cross-entropy, count) of the scored targets: the training loss's numerator and
+    denominator."""
+    ce, _, count = cross_entropy_sums(apply(graphdef, params, inputs), targets)
+    return ce, count
+
+
 def answer_loss(model, examples: Sequence[Example], batch_size: int = 8) -> float:
     """Mean cross-entropy over every written token of `examples` (teacher-forced)."""
     graphdef, params = split(model)
-    sums = jax.jit(lambda p, x, y: cross_entropy_sums(apply(graphdef, p, x), y)[::2])
     width = min(model.cfg.max_len, -(-max(len(e.ids) - 1 for e in examples) // 32) * 32)
     total, count = 0.0, 0.0
     for start in range(0, len(examples), batch_size):
@@ -156,7 +164,7 @@ def answer_loss(model, examples: Sequence[Example], batch_size: int = 8) -> floa
             n = len(e.ids) - 1
             inputs[row, :n] = e.ids[:-1]
             targets[row, :n] = np.where(e.scored[1:], e.ids[1:], tasks.IGNORE)
-        ce, n = sums(params, inputs, targets)
+        ce, n = _answer_sums(graphdef, params, inputs, targets)
         total, count = total + float(ce), count + float(n)
     return total / max(count, 1.0)
 
