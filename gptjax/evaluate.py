@@ -38,6 +38,7 @@ import numpy as np
 import sacrebleu
 from absl import logging
 
+from gptjax.config import ConfigError
 from gptjax.data import tasks
 from gptjax.generation import GenerationConfig, generate
 from gptjax.generation.text import defaults_for
@@ -127,13 +128,28 @@ def read_task_file(path, task: str, tokenizer, max_examples: int | None = None) 
     if not file.is_file():
         raise FileNotFoundError(f"data file {file} does not exist; give a JSON-lines file of "
                                 f"{task!r} examples")
+    try:
+        rendered = tasks.read_examples([str(file)], task)
+    except ConfigError as e:
+        raise ConfigError(f"{e}{_other_format(file, task)}") from None
     out = []
-    for segments in tasks.read_examples([str(file)], task)[:max_examples]:
+    for segments in rendered[:max_examples]:
         prompt, reference = split_example(task, segments)
         ids, scored = tasks.encode(segments, tokenizer)
         out.append(Example("".join(t for t, _ in prompt), reference,
                            tasks.encode(prompt, tokenizer)[0].tolist(), ids, scored))
     return out
+
+
+def _other_format(file: pathlib.Path, task: str) -> str:
+    """'; it reads as --task=X' when the file's examples are of another task's format."""
+    for other in tasks.TASKS:
+        try:
+            if other != task and tasks.read_examples([str(file)], other):
+                return f"; the file reads as --task={other}"
+        except ConfigError:
+            continue
+    return ""
 
 
 def fits(example: Example, max_len: int, max_new_tokens: int) -> bool:
