@@ -34,6 +34,7 @@ setup(
         # tensorflow-datasets imports it while preparing catalog datasets but declares it only
         # for Python < 3.9
         "importlib_resources>=7.1,<8",
+        "sacrebleu>=2.4,<3",  # BLEU and chrF of experiments.evaluate
     ],
     extras_require={
         "test": [

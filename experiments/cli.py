@@ -102,6 +102,60 @@ def override_error(argv: Sequence[str]) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Decoding flags: transformers' generate options (experiments.generate, experiments.evaluate)
+# ---------------------------------------------------------------------------------------------
+
+_GENERATION_FLAGS = {  # same names and meanings as transformers'; unset means the default
+    "max_length": (flags.DEFINE_integer, "Maximum total length, prompt included (default 20)."),
+    "max_new_tokens": (flags.DEFINE_integer, "Maximum new tokens (wins over --max_length)."),
+    "min_length": (flags.DEFINE_integer, "Minimum total length before eos may end a sequence."),
+    "min_new_tokens": (flags.DEFINE_integer, "Minimum new tokens before eos may end a "
+                       "sequence."),
+    "do_sample": (flags.DEFINE_bool, "Sample instead of greedy / beam search."),
+    "num_beams": (flags.DEFINE_integer, "Beam width; 1 (default) is greedy or sampling."),
+    "temperature": (flags.DEFINE_float, "Sampling temperature (default 1.0)."),
+    "top_k": (flags.DEFINE_integer, "Sample among the k most likely tokens (default 50; 0: "
+              "off)."),
+    "top_p": (flags.DEFINE_float, "Nucleus sampling: smallest set holding this probability."),
+    "repetition_penalty": (flags.DEFINE_float, "Penalty > 1 for tokens already in the text."),
+    "no_repeat_ngram_size": (flags.DEFINE_integer, "Never repeat an n-gram of this size."),
+    "length_penalty": (flags.DEFINE_float, "Beam scores are sum log p / length**this."),
+    "early_stopping": (None, "Beam search stopping: true, false (default) or never."),
+    "num_return_sequences": (flags.DEFINE_integer, "Outputs per prompt (<= num_beams without "
+                             "sampling)."),
+    "eos_token_id": (flags.DEFINE_integer, "Token that ends a sequence (default: the "
+                     "checkpoint's); -1: none."),
+    "pad_token_id": (flags.DEFINE_integer, "Token that pads finished sequences (default: eos)."),
+    "seed": (flags.DEFINE_integer, "Sampling seed (default 0)."),
+}
+
+
+def define_generation_flags(skip: Sequence[str] = ()) -> tuple[str, ...]:
+    """Define transformers' generate options as flags (all unset by default), but `skip`;
+    returns the names defined."""
+    names = tuple(n for n in _GENERATION_FLAGS if n not in skip)
+    for name in names:
+        define, help_text = _GENERATION_FLAGS[name]
+        if define is None:  # early_stopping: a bool or the word 'never'
+            flags.DEFINE_enum(name, None, ["true", "false", "never"], help_text)
+        else:
+            define(name, None, help_text)
+    return names
+
+
+def generation_options(names: Sequence[str]) -> dict:
+    """The generate options among `names` given on the command line, as generate takes them
+    (--eos_token_id=-1: None; --early_stopping: True, False or 'never')."""
+    options = {n: FLAGS[n].value for n in names if FLAGS[n].value is not None}
+    if options.get("eos_token_id") == -1:
+        options["eos_token_id"] = None
+    if "early_stopping" in options:
+        options["early_stopping"] = {"true": True, "false": False}.get(
+            options["early_stopping"], "never")
+    return options
+
+
+# ---------------------------------------------------------------------------------------------
 # Entry
 # ---------------------------------------------------------------------------------------------
 

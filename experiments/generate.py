@@ -27,32 +27,7 @@ flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for a batch."
 flags.DEFINE_multi_string("prompt_file", [], "A text file whose whole content is one prompt; "
                           "repeatable.")
 flags.DEFINE_bool("json", False, "Print one JSON object per output: prompt index, ids, text.")
-# transformers' generate options, same names and meanings; unset means the default.
-flags.DEFINE_integer("max_length", None, "Maximum total length, prompt included (default 20).")
-flags.DEFINE_integer("max_new_tokens", None, "Maximum new tokens (wins over --max_length).")
-flags.DEFINE_integer("min_length", None, "Minimum total length before eos may end a sequence.")
-flags.DEFINE_integer("min_new_tokens", None, "Minimum new tokens before eos may end a sequence.")
-flags.DEFINE_bool("do_sample", None, "Sample instead of greedy / beam search.")
-flags.DEFINE_integer("num_beams", None, "Beam width; 1 (default) is greedy or sampling.")
-flags.DEFINE_float("temperature", None, "Sampling temperature (default 1.0).")
-flags.DEFINE_integer("top_k", None, "Sample among the k most likely tokens (default 50; 0: off).")
-flags.DEFINE_float("top_p", None, "Nucleus sampling: smallest set holding this probability.")
-flags.DEFINE_float("repetition_penalty", None, "Penalty > 1 for tokens already in the text.")
-flags.DEFINE_integer("no_repeat_ngram_size", None, "Never repeat an n-gram of this size.")
-flags.DEFINE_float("length_penalty", None, "Beam scores are sum log p / length**this.")
-flags.DEFINE_enum("early_stopping", None, ["true", "false", "never"],
-                  "Beam search stopping: true, false (default) or never.")
-flags.DEFINE_integer("num_return_sequences", None, "Outputs per prompt (<= num_beams "
-                     "without sampling).")
-flags.DEFINE_integer("eos_token_id", None, "Token that ends a sequence (default: the "
-                     "checkpoint's); -1: none.")
-flags.DEFINE_integer("pad_token_id", None, "Token that pads finished sequences (default: eos).")
-flags.DEFINE_integer("seed", None, "Sampling seed (default 0).")
-
-OPTIONS = ("max_length", "max_new_tokens", "min_length", "min_new_tokens", "do_sample",
-           "num_beams", "temperature", "top_k", "top_p", "repetition_penalty",
-           "no_repeat_ngram_size", "length_penalty", "num_return_sequences", "eos_token_id",
-           "pad_token_id", "seed")
+OPTIONS = cli.define_generation_flags()  # transformers' generate options
 
 
 def main(argv):
@@ -69,12 +44,7 @@ def run():
     model = GPT.from_pretrained(FLAGS.checkpoint)
     tokenizer = Tokenizer.from_pretrained(FLAGS.tokenizer or FLAGS.checkpoint)
     options = defaults_for(model, tokenizer)
-    options.update({k: getattr(FLAGS, k) for k in OPTIONS if getattr(FLAGS, k) is not None})
-    if options.get("eos_token_id") == -1:
-        options["eos_token_id"] = None
-    if FLAGS.early_stopping is not None:
-        options["early_stopping"] = {"true": True, "false": False}.get(FLAGS.early_stopping,
-                                                                       "never")
+    options.update(cli.generation_options(OPTIONS))
     single = (len(prompts) == 1 and options.get("num_beams", 1) == 1
               and options.get("num_return_sequences", 1) == 1)
     if single and not FLAGS.json:

@@ -9,6 +9,10 @@ A sweep config (configs/ablations/*.py) holds:
     metrics     final metrics to tabulate (e.g. 'val_loss', 'val_accuracy')
     eval_lengths  optional multiples of data.seq_len to evaluate at after training
                   (length extrapolation)
+    evaluate    optional {'task': ..., 'data': FILE.jsonl, 'max_examples': N, generate's
+                options...}: each run's final checkpoint is scored on the task file
+                (gptjax.evaluate; its JSON and example table go to the run's evaluate.json) and
+                the task's metrics join the table
 Runs resume: a run whose final.json exists is not repeated, and an interrupted run resumes from
 its last checkpoint.
 """
@@ -27,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from gptjax.config import Config
+from gptjax import evaluate as evaluation
 from gptjax.data import build_data
 from gptjax.model import apply, positions, split
 from gptjax.tokenizers import Tokenizer
@@ -117,6 +122,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, outdir, *, train_fn: Callable | 
     configs = [apply_overrides(base, run.overrides) for run in runs]
     for config in configs:  # every bad variant fails before the first run starts
         Config.from_dict(config)
+    check_evaluate(sweep.get("evaluate"))
     for i, (run, config) in enumerate(zip(runs, configs)):
         done = run.workdir / "final.json"
         if done.exists():
@@ -128,11 +134,47 @@ def run_sweep(sweep: ml_collections.ConfigDict, outdir, *, train_fn: Callable | 
         final = train_fn(config, run.workdir)
         for mult in sweep.get("eval_lengths", ()) or ():
             final[f"val_loss@{mult}x"] = evaluate_at_length(run.workdir, config, mult)
+        if sweep.get("evaluate"):
+            final.update(evaluate_run(run.workdir, sweep.evaluate))
         final = {k: v for k, v in final.items() if isinstance(v, (int, float, type(None)))}
         tmp = done.with_suffix(".tmp")  # written whole, then renamed: a killed run has none
         tmp.write_text(json.dumps(final, indent=1))
         tmp.rename(done)
     return write_report(sweep, runs, outdir)
+
+
+def _evaluate_spec(spec) -> dict[str, Any]:
+    return dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
+
+
+def check_evaluate(spec) -> None:
+    """A sweep's `evaluate` names a known task and an existing data file, before any run."""
+    if not spec:
+        return
+    spec = _evaluate_spec(spec)
+    if spec.get("task") not in evaluation.TASK_METRICS:
+        raise ValueError(f"evaluate.task={spec.get('task')!r} is unknown; allowed: "
+                         f"{list(evaluation.TASK_METRICS)}")
+    if not pathlib.Path(str(spec.get("data"))).expanduser().is_file():
+        raise FileNotFoundError(f"evaluate.data={spec.get('data')!r} is not a file; give the "
+                                "JSON-lines task file to score each run on")
+
+
+def evaluate_metrics(spec) -> list[str]:
+    """The metrics a sweep's `evaluate` adds to each run's row."""
+    if not spec:
+        return []
+    return [*evaluation.LOSS_METRICS, *evaluation.TASK_METRICS[_evaluate_spec(spec)["task"]]]
+
+
+def evaluate_run(workdir, spec) -> dict[str, float]:
+    """Task metrics of the run's final checkpoint (gptjax.evaluate); the examples go to
+    workdir/evaluate.json and .md."""
+    spec = _evaluate_spec(spec)
+    task, data = spec.pop("task"), spec.pop("data")
+    result = evaluation.evaluate_checkpoint(workdir, data, task, **spec)
+    evaluation.write_results(result, pathlib.Path(workdir) / "evaluate.json")
+    return {m: result["metrics"][m] for m in evaluate_metrics({"task": task})}
 
 
 def evaluate_at_length(workdir, config, multiple: int) -> float | None:
@@ -202,6 +244,7 @@ def _mean_std(mean: float, std: float) -> str:
 def write_report(sweep, runs, outdir) -> pathlib.Path:
     outdir = pathlib.Path(outdir)
     metrics = list(sweep.metrics) + [f"val_loss@{m}x" for m in (sweep.get("eval_lengths") or ())]
+    metrics += [m for m in evaluate_metrics(sweep.get("evaluate")) if m not in metrics]
     summary = summarise(runs, metrics)
     variants = list(dict.fromkeys(run.variant for run in runs))
     lines = [f"# Ablation: {sweep.get('title', pathlib.Path(sweep.base).stem)}", "",

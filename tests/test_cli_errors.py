@@ -49,6 +49,7 @@ def files(tmp: pathlib.Path) -> dict:
     pt_dir.mkdir()
     (pt_dir / "model.pt").write_bytes(b"not loaded")
     (tmp / "long_prompt.txt").write_text("word " * 400)
+    (tmp / "long.jsonl").write_text(json.dumps({"question": "word " * 400, "answer": "b"}) + "\n")
     return {p.name: str(p) for p in tmp.iterdir()}
 
 
@@ -151,6 +152,23 @@ def table(f: dict, run: str, tmp: pathlib.Path) -> list[tuple[str, str, list[str
         ("generate", "other-tokenizer", [f"--checkpoint={run}", "--prompt=hi",
                                          f"--tokenizer={TINY}"], r"tokenizer.*vocab"),
         ("generate", "empty-folder", [f"--checkpoint={f['adir']}", "--prompt=hi"], r"adir"),
+        ("evaluate", "missing-data", [f"--checkpoint={TINY}", f"--data={tmp / 'none.jsonl'}",
+                                      "--task=qa"], r"none\.jsonl does not exist"),
+        ("evaluate", "unknown-task", [f"--checkpoint={TINY}", f"--data={f['good.jsonl']}",
+                                      "--task=summary"], r"--task"),
+        ("evaluate", "other-task-format", [f"--checkpoint={TINY}", f"--data={f['good.jsonl']}",
+                                           "--task=translation"],
+         r"good\.jsonl:1: needs a string field 'source'.*reads as --task=qa"),
+        ("evaluate", "broken-jsonl", [f"--checkpoint={TINY}", f"--data={f['broken.jsonl']}",
+                                      "--task=qa"], r"broken\.jsonl:2 is not JSON"),
+        ("evaluate", "missing-checkpoint", [f"--checkpoint={tmp / 'nope'}",
+                                            f"--data={f['good.jsonl']}", "--task=qa"], r"nope"),
+        ("evaluate", "nothing-fits", [f"--checkpoint={TINY}", f"--data={f['long.jsonl']}",
+                                      "--task=qa"], r"none of the 1 examples.*context"),
+        ("evaluate", "zero-new-tokens", [f"--checkpoint={TINY}", f"--data={f['good.jsonl']}",
+                                         "--task=qa", "--max_new_tokens=0"], r"max_new_tokens"),
+        ("evaluate", "zero-examples", [f"--checkpoint={TINY}", f"--data={f['good.jsonl']}",
+                                       "--task=qa", "--max_examples=0"], r"max_examples"),
         ("chat", "missing-checkpoint", [f"--checkpoint={tmp / 'nope'}"], r"nope"),
         ("chat", "reply-over-context", [f"--checkpoint={TINY}", "--max_new_tokens=500"],
          r"max_new_tokens"),
@@ -261,7 +279,7 @@ def _ids():
     tmp = pathlib.Path("/nonexistent")
     return [f"{m}:{c}" for m, c, _, _ in table({k: k for k in (
         "empty.txt", "binary.txt", "adir", "broken.jsonl", "nofield.jsonl", "nofield_text.jsonl",
-        "torch_only", "pt_only", "long_prompt.txt", "good.jsonl")}, "run", tmp)]
+        "torch_only", "pt_only", "long_prompt.txt", "good.jsonl", "long.jsonl")}, "run", tmp)]
 
 
 def test_table_is_large_and_covers_every_entry_point():
