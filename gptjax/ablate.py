@@ -13,6 +13,12 @@ A sweep config (configs/ablations/*.py) holds:
                 options...}: each run's final checkpoint is scored on the task file
                 (gptjax.evaluate; its JSON and example table go to the run's evaluate.json) and
                 the task's metrics join the table
+    setup       optional [{'name': ..., 'command': ['experiments.train', '--flag=...', ...],
+                'creates': PATH}, ...]: `python -m` commands run in order before the runs
+                (each skipped once its `creates` exists), e.g. the data and the pretrained
+                model that fine-tuning variants start from
+'{outdir}' in any string of the sweep (overrides, variants, setup, evaluate) is the sweep's
+outdir, so a sweep's runs can read what its setup made.
 Runs resume: a run whose final.json exists is not repeated, and an interrupted run resumes from
 its last checkpoint.
 """
@@ -24,6 +30,8 @@ import importlib.util
 import json
 import pathlib
 import shlex
+import subprocess
+import sys
 from typing import Any, Callable
 
 import jax
@@ -117,11 +125,13 @@ def run_sweep(sweep: ml_collections.ConfigDict, outdir, *, train_fn: Callable | 
               log: Callable[[str], None] = print) -> pathlib.Path:
     """Train every (variant, seed) not yet finished, then write outdir/report.md."""
     train_fn = train_fn or train
+    sweep = with_outdir(sweep, outdir)
     base = load_config_file(sweep.base)
     runs = expand(sweep, outdir)
     configs = [apply_overrides(base, run.overrides) for run in runs]
     for config in configs:  # every bad variant fails before the first run starts
         Config.from_dict(config)
+    run_setup(sweep.get("setup") or (), log)
     check_evaluate(sweep.get("evaluate"))
     for i, (run, config) in enumerate(zip(runs, configs)):
         done = run.workdir / "final.json"
@@ -141,6 +151,41 @@ def run_sweep(sweep: ml_collections.ConfigDict, outdir, *, train_fn: Callable | 
         tmp.write_text(json.dumps(final, indent=1))
         tmp.rename(done)
     return write_report(sweep, runs, outdir)
+
+
+def with_outdir(sweep: ml_collections.ConfigDict, outdir) -> ml_collections.ConfigDict:
+    """A copy of `sweep` with '{outdir}' in its strings replaced by `outdir`."""
+
+    def fill(value):
+        if isinstance(value, str):
+            return value.replace("{outdir}", str(outdir))
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(fill(v) for v in value)
+        return value
+
+    return ml_collections.ConfigDict(fill(sweep.to_dict()))
+
+
+def setup_command(step) -> list[str]:
+    """The argv of a setup step: python -m its command."""
+    return [sys.executable, "-m", *map(str, step["command"])]
+
+
+def run_setup(steps, log: Callable[[str], None]) -> None:
+    """Run each setup command unless what it `creates` exists; a failure stops the sweep."""
+    for step in steps:
+        name, creates = step.get("name", step["command"][0]), step.get("creates")
+        if creates and pathlib.Path(creates).exists():
+            log(f"setup {name}: {creates} exists")
+            continue
+        command = setup_command(step)
+        log(f"setup {name}: {shlex.join(['python', *command[1:]])}")
+        if subprocess.run(command).returncode != 0:
+            raise RuntimeError(f"sweep setup step {name!r} failed: "
+                               f"{shlex.join(['python', *command[1:]])}; fix it and rerun "
+                               "the sweep (finished steps and runs are kept)")
 
 
 def _evaluate_spec(spec) -> dict[str, Any]:
@@ -266,6 +311,9 @@ def write_report(sweep, runs, outdir) -> pathlib.Path:
     if plot:
         lines += ["", f"![loss curves]({plot.name})"]
     lines += ["", "## Runs", ""]
+    for step in sweep.get("setup") or ():
+        lines += [f"- setup **{step.get('name', step['command'][0])}**: "
+                  f"`{shlex.join(['python', *setup_command(step)[1:]])}`"]
     for run in runs:
         lines += [f"- **{run.variant}**, seed {run.seed}: `{run.command(sweep.base)}`"]
         cfg_path = run.workdir / "config.json"

@@ -70,3 +70,40 @@ def test_tokens_per_sec_is_each_runs_median_window_after_warmup(tmp_path):
     summary = ablate.summarise(runs, sweep.metrics)
     mean, std, n = summary["mha"]["tokens_per_sec"]  # seeds 0 and 1 of the first variant
     assert (mean, n) == (pytest.approx((200.0 + 500.0) / 2), 2)
+
+
+PLAY = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n" * 6
+
+
+def test_setup_runs_before_the_runs_once_and_outdir_fills_every_string(tmp_path):
+    play = tmp_path / "play.txt"
+    play.write_text(PLAY)
+    out = tmp_path / "sweep"
+    sweep = _sweep(variants=[{"name": "a", "data": {"text_file": "{outdir}/dlg/train.jsonl"}}],
+                   seeds=(0,), setup=[{"name": "dialogues", "creates": "{outdir}/dlg/train.jsonl",
+                                       "command": ["experiments.play_dialogues",
+                                                   f"--text_file={play}", "--outdir={outdir}/dlg"]}])
+    seen, logs = [], []
+
+    def fake_train(config, workdir):  # the setup's file exists by the time a run starts
+        seen.append(config.data.text_file)
+        assert (out / "dlg" / "train.jsonl").read_text().count("\n") > 0
+        return {"val_loss": 1.0, "val_accuracy": 0.5}
+
+    report = ablate.run_sweep(sweep, out, train_fn=fake_train, log=logs.append)
+    assert seen == [f"{out}/dlg/train.jsonl"]
+    assert "setup **dialogues**: `python -m experiments.play_dialogues" in report.read_text()
+    # A second sweep skips the setup whose output exists (and the finished run).
+    logs.clear()
+    ablate.run_sweep(sweep, out, train_fn=fake_train, log=logs.append)
+    assert any("dlg/train.jsonl exists" in line for line in logs) and len(seen) == 1
+
+
+def test_a_failing_setup_stops_the_sweep_before_any_run(tmp_path):
+    sweep = _sweep(setup=[{"name": "broken", "command": ["experiments.play_dialogues",
+                                                          "--text_file=/nonexistent.txt",
+                                                          "--outdir={outdir}/x"]}])
+    calls = []
+    with pytest.raises(RuntimeError, match="setup step 'broken' failed"):
+        ablate.run_sweep(sweep, tmp_path, train_fn=lambda *a: calls.append(a), log=lambda s: None)
+    assert calls == []
