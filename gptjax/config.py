@@ -248,9 +248,18 @@ class TrainConfig:
     # A step whose loss or gradient norm is not finite is skipped (params and optimizer state
     # kept); this many skipped in a row stop the run with an error (0: never stop).
     max_consecutive_skips: int = 10
+    # Loss-spike skipping (MaxText's skip_step_on_spikes, OLMo-core's): a step whose loss or
+    # gradient norm is above the mean + spike_threshold std of the last spike_window finite
+    # steps is skipped like a non-finite one (and counts toward max_consecutive_skips); it acts
+    # once spike_warmup finite steps are recorded. Off: the state and checkpoints are as before.
+    skip_spikes: bool = False
+    spike_threshold: float = 6.0
+    spike_window: int = 100
+    spike_warmup: int = 50
 
     def validate(self) -> None:
         _require_finite(self, "train")
+        self._validate_spikes()
         if (not isinstance(self.max_consecutive_skips, int)
                 or isinstance(self.max_consecutive_skips, bool)
                 or self.max_consecutive_skips < 0):
@@ -269,6 +278,19 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 _fail(f"train.{name}", value, "must be a positive integer")
+
+    def _validate_spikes(self) -> None:
+        if not isinstance(self.skip_spikes, bool):
+            _fail("train.skip_spikes", self.skip_spikes, "must be True or False")
+        if (not isinstance(self.spike_threshold, (int, float)) or isinstance(
+                self.spike_threshold, bool) or not self.spike_threshold > 0):
+            _fail("train.spike_threshold", self.spike_threshold,
+                  "must be a positive number of standard deviations (e.g. 6.0)")
+        for name in ("spike_window", "spike_warmup"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+                _fail(f"train.{name}", value, "must be an integer >= 2 (steps: a standard "
+                      "deviation needs two values)")
 
     def __post_init__(self):
         self.validate()

@@ -279,6 +279,16 @@ GUARANTEES = [
      '::test_a_huge_learning_rate_stops_the_run_and_no_checkpoint_holds_a_non_finite_value,'
      ' ::test_a_float16_run_skips_its_overflowing_steps_and_keeps_training, '
      '::test_resume_with_skipped_steps_is_bitwise; the chaos run (lr=1e30, float16)'),
+    ('With `train.skip_spikes` (off by default), a step whose loss or gradient norm is '
+     'above the mean + `train.spike_threshold` (6) standard deviations of the last '
+     '`train.spike_window` (100) finite steps is skipped the same way, counted as '
+     '`skipped_steps` and `spike_steps`, and counts toward `train.max_consecutive_skips`; '
+     'its statistics are checkpointed (resume stays bitwise), and with it off checkpoints '
+     'are exactly those written before it existed.',
+     'tests/test_spikes.py::test_a_spike_step_is_skipped_bitwise_and_counted, '
+     '::test_spike_statistics_are_the_last_windows_mean_and_sample_std, '
+     '::test_a_checkpoint_from_before_skip_spikes_still_restores_and_the_stats_are_saved, '
+     '::test_a_run_with_skip_spikes_logs_spikes_and_checkpoints_its_statistics'),
     ('SIGTERM or a first Ctrl-C finishes the step, saves it, waits for the save and exits'
      ' 0 with "stopped at step N; run the same command to resume"; a second Ctrl-C exits '
      'at once, the last checkpoint intact; several processes stop at the same step.',

@@ -30,6 +30,7 @@ from flax import nnx
 from gptjax.config import Config, ConfigError
 from gptjax.interop import register_format
 from gptjax.model.gpt import repad_vocab
+from gptjax.training import spikes
 from gptjax.training.optim import make_optimizer
 from gptjax.training.state import graphdef_of, init_state
 
@@ -251,7 +252,7 @@ def load_params(workdir: str | os.PathLike, step: int | None = None):
                                 "for the run's first checkpoint_every steps)")
     tx, _ = make_optimizer(cfg.optim, cfg.train.num_steps)
     abstract = jax.eval_shape(lambda: init_state(cfg.model, tx, cfg.train.seed,
-                                                 cfg.train.trainable))
+                                                 cfg.train.trainable, spikes.init(cfg.train)))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = abstract_with_sharding(abstract, jax.tree.map(lambda _: device, abstract))
     manager = ocp.CheckpointManager(ckpt_dir.absolute(),

@@ -40,7 +40,7 @@ from gptjax.model import positions
 from gptjax.model.kernels import check_available
 from gptjax.parallel import make_plan, vocab_shards
 from gptjax.training import checkpoint as ckpt_lib
-from gptjax.training import host, pretrained, skips
+from gptjax.training import host, pretrained, skips, spikes
 from gptjax.training import metrics as metrics_lib
 from gptjax.training import optim
 from gptjax.training.optim import make_optimizer
@@ -213,7 +213,8 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
 
     tx, schedule = make_optimizer(cfg.optim, cfg.train.num_steps)
     graphdef = graphdef_of(cfg.model)
-    init = functools.partial(init_state, cfg.model, tx, cfg.train.seed, cfg.train.trainable)
+    init = functools.partial(init_state, cfg.model, tx, cfg.train.seed, cfg.train.trainable,
+                             spikes.init(cfg.train))
     abstract = jax.eval_shape(init)
     check_trainable(abstract.params, cfg.train.trainable)
     state_sharding = plan.shardings(abstract)
@@ -272,6 +273,7 @@ def _resume_point(cfg: Config, workdir: pathlib.Path) -> tuple[Config, int | Non
     if found is not None:
         start, saved = found
         ckpt_lib.check_compatible(saved, cfg, str(workdir))
+        spikes.check_resume(saved, cfg.train, str(workdir))
         return keep_schedule(cfg, saved), start
     if ckpt_lib.corrupt_steps(ckpt_dir):
         raise ckpt_lib.CheckpointError(_no_readable_checkpoint(workdir))
@@ -327,7 +329,8 @@ def _fresh_state(cfg: Config, plan, tx, init, state_sharding, workdir) -> TrainS
     logging.info("Starting %s from the weights of %s", workdir, cfg.train.init_from)
     params = pretrained.load_sharded(cfg, state_sharding.params)
     return jax.jit(functools.partial(state_from_params, tx=tx, seed=cfg.train.seed,
-                                     trainable=cfg.train.trainable),
+                                     trainable=cfg.train.trainable,
+                                     spikes=spikes.init(cfg.train)),
                    out_shardings=state_sharding)(params)
 
 
@@ -452,9 +455,10 @@ def default_actions(tcfg) -> list[Action]:
 def log_window(run: Run, step: int, row: dict) -> None:
     """The logging window's averages and speed into the row, the log and the progress bar."""
     row.update(run.meter.read())
-    logging.info("step %d | loss %.4f | lr %.3e | grad norm %.3f%s%s%s", step,
+    logging.info("step %d | loss %.4f | lr %.3e | grad norm %.3f%s%s%s%s", step,
                  row["train_loss"], row["lr"], row["grad_norm"],
                  f" | skipped {row['skipped_steps']:.0f}" if row.get("skipped_steps") else "",
+                 f" ({row['spike_steps']:.0f} spikes)" if row.get("spike_steps") else "",
                  f" | {row['tokens_per_sec']:,.0f} tok/s" if "tokens_per_sec" in row else "",
                  f" | MFU {100 * row['mfu']:.1f}%" if "mfu" in row else "")
     run.pbar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)

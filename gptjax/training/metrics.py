@@ -69,7 +69,7 @@ def flops_per_token(n_matmul_params: int, cfg: ModelConfig, seq_len: int) -> flo
 # under its own name, except these. The columns lead with loss and lr, as they always have.
 ROW_NAMES = {"loss": "train_loss"}
 LAST_VALUE = frozenset({"lr"})  # a schedule's value: the window's last, not its mean
-SUMMED = frozenset({"skipped_steps"})  # counts: the window's total, not its mean
+SUMMED = frozenset({"skipped_steps", "spike_steps"})  # counts: the window's total, not its mean
 FIRST_COLUMNS = ("loss", "lr")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from gptjax.config import ConfigError, OptimConfig
@@ -101,12 +102,32 @@ def decay_mask(params, decay_embeddings: bool = False):
     return jax.tree_util.tree_map_with_path(lambda path, _: _param_name(path) in decayed, params)
 
 
-def make_optimizer(optim, total_steps: int) -> tuple[optax.GradientTransformation,
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+    """optax.clip_by_global_norm, which takes the gradients' global norm as the extra argument
+    `grad_norm` where the caller has it (the train step, for its finite check), so a step
+    computes it once; without it the norm is computed as optax does. Same (empty) state."""
+    plain = optax.clip_by_global_norm(max_norm)
+
+    def update(updates, state, params=None, *, grad_norm=None, **extra_args):
+        del extra_args
+        if grad_norm is None:
+            return plain.update(updates, state, params)
+        # optax's own rule, so the clipped updates are bitwise the same
+        keep = jnp.squeeze(grad_norm < max_norm)
+        return jax.tree.map(
+            lambda t: jax.lax.select(keep, t, (t / grad_norm.astype(t.dtype)) * max_norm),
+            updates), state
+
+    return optax.GradientTransformationExtraArgs(plain.init, update)
+
+
+def make_optimizer(optim, total_steps: int) -> tuple[optax.GradientTransformationExtraArgs,
                                                       optax.Schedule]:
-    """(clip by global norm -> AdamW with the decay mask, its schedule)."""
+    """(clip by global norm -> AdamW with the decay mask, its schedule). Its update takes the
+    gradients' global norm as `grad_norm=` (clip_by_global_norm)."""
     schedule = make_schedule(optim, total_steps)
     # identity() keeps the optimizer state's structure the same with or without clipping.
-    clip = optax.clip_by_global_norm(optim.grad_clip) if optim.grad_clip else optax.identity()
+    clip = clip_by_global_norm(optim.grad_clip) if optim.grad_clip else optax.identity()
     adamw = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
                         weight_decay=optim.weight_decay,
                         mask=lambda p: decay_mask(p, optim.decay_embeddings))

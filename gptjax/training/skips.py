@@ -9,7 +9,9 @@ count, which drives the learning-rate schedule and Adam's bias correction, advan
 applied updates (as optax.apply_if_finite's inner state), and the `lr` column follows it.
 Not optax.apply_if_finite itself: it looks at the gradients only, and its counters in the
 optimizer state would change the checkpoints' structure (older checkpoints must still load).
-The count of skips in a row starts afresh when a run resumes.
+The count of skips in a row starts afresh when a run resumes. Loss spikes skipped under
+train.skip_spikes (gptjax.training.spikes) count as skips too: a spike regime that lasts
+stops the run rather than skipping every step.
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ def error(guard: SkipGuard, step: int, checkpoint: str | None, config) -> NonFin
     model = config.model
     return NonFiniteError(
         f"step {step}: {guard.streak} steps in a row (train.max_consecutive_skips="
-        f"{guard.limit}) had a non-finite loss or gradient norm and were skipped; the last "
+        f"{guard.limit}) had a non-finite loss or gradient norm"
+        f"{' or a loss spike (train.skip_spikes)' if config.train.skip_spikes else ''} and "
+        "were skipped; the last "
         f"update applied was step {guard.last_applied}; {saved}. Likely causes: a learning "
         f"rate too high (optim.lr={config.optim.lr:g}: lower it or lengthen "
         f"optim.warmup_steps={config.optim.warmup_steps}), float16 overflow (model.dtype="

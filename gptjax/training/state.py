@@ -7,28 +7,54 @@ seam for every partial-training method (freezing, BitFit, adapters).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx, struct
+from flax import nnx
 
 from gptjax.config import ConfigError, ModelConfig
 from gptjax.model import GPT, split
 
 
-@struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainState:
     params: Any  # nnx.State of the GPT's Params, trainable or not
     opt_state: Any  # optax state of the trainable params only
     step: jax.Array  # int32 scalar: optimizer steps taken
     rng: jax.Array  # uint32[2] raw PRNG key; step k's dropout key is fold_in(rng, k)
-    trainable: str | None = struct.field(pytree_node=False, default=None)  # None: all
+    trainable: str | None = None  # static, not a leaf; None: all
+    # train.skip_spikes' running statistics (gptjax.training.spikes); None when off
+    spikes: Any = None
 
     def partition(self):
         """(trainable params, frozen params): two nnx.States; nnx.merge_state joins them."""
         return partition(self.params, self.trainable)
+
+    def replace(self, **changes) -> "TrainState":
+        return dataclasses.replace(self, **changes)
+
+
+_CHILDREN = ("params", "opt_state", "step", "rng")
+
+
+def _flatten(state: TrainState):
+    # `spikes` is a child only when present: with skip_spikes off the pytree (and so an orbax
+    # checkpoint's tree) is exactly the one written before spike skipping existed.
+    names = _CHILDREN + (("spikes",) if state.spikes is not None else ())
+    return ([(jax.tree_util.GetAttrKey(n), getattr(state, n)) for n in names],
+            (state.trainable, state.spikes is not None))
+
+
+def _unflatten(aux, children) -> TrainState:
+    trainable, has_spikes = aux
+    return TrainState(*children[:4], trainable=trainable,
+                      spikes=children[4] if has_spikes else None)
+
+
+jax.tree_util.register_pytree_with_keys(TrainState, _flatten, _unflatten)
 
 
 def path_name(path) -> str:
@@ -61,19 +87,22 @@ def graphdef_of(cfg: ModelConfig):
     return graphdef
 
 
-def init_state(cfg: ModelConfig, tx, seed: int, trainable: str | None = None) -> TrainState:
-    """A fresh state: GPT(cfg, rngs=nnx.Rngs(seed)) params, optimizer state, step 0.
+def init_state(cfg: ModelConfig, tx, seed: int, trainable: str | None = None,
+               spikes=None) -> TrainState:
+    """A fresh state: GPT(cfg, rngs=nnx.Rngs(seed)) params, optimizer state, step 0; `spikes`:
+    empty spike statistics (gptjax.training.spikes.init) or None.
 
     Pure, so it can run under jax.jit with out_shardings (and jax.eval_shape for restore targets).
     """
     _, params = split(GPT(cfg, rngs=nnx.Rngs(jax.random.PRNGKey(seed))))
-    return state_from_params(params, tx, seed, trainable)
+    return state_from_params(params, tx, seed, trainable, spikes)
 
 
-def state_from_params(params, tx, seed: int, trainable: str | None = None) -> TrainState:
+def state_from_params(params, tx, seed: int, trainable: str | None = None,
+                      spikes=None) -> TrainState:
     """Step 0 of a run from `params` (random or pretrained): fresh optimizer state (for the
     trainable params) and RNG."""
     key = jax.random.PRNGKey(seed)
     return TrainState(params=params, opt_state=tx.init(partition(params, trainable)[0]),
-                      step=jnp.zeros((), jnp.int32), trainable=trainable,
+                      step=jnp.zeros((), jnp.int32), trainable=trainable, spikes=spikes,
                       rng=jax.random.fold_in(key, 1))  # dropout keys: independent of init's

@@ -4,8 +4,9 @@ A batch is {'inputs', 'targets': int32 [batch, seq]}, with packed documents (dat
 also 'segment_ids' and optionally 'positions' (int32 [batch, seq], see model_inputs).
 train_step_fn and eval_step_fn are the pure steps; compile_train_step compiles the train step for
 a Plan (its shardings, on the state's leaves). None of them does I/O. A train step whose loss
-or gradient norm is not finite is skipped: params and optimizer state come back bitwise as they
-went in, and its metrics say skipped_steps=1 (gptjax.training.skips, the host side).
+or gradient norm is not finite (or, with train.skip_spikes, spikes: gptjax.training.spikes) is
+skipped: params and optimizer state come back bitwise as they went in, and its metrics say
+skipped_steps=1 (gptjax.training.skips, the host side).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from gptjax.config import Config
 from gptjax.model import apply
-from gptjax.training import cpu
+from gptjax.training import cpu, spikes
 from gptjax.training.state import TrainState
 
 
@@ -90,16 +91,32 @@ def _micro_batches(batch, k: int):
                         batch)
 
 
-def update_if(ok, tx, grads, params, opt_state):
+def update_if(ok, tx, grads, params, opt_state, grad_norm=None):
     """(params, opt_state) after tx's update from `grads` where the scalar `ok` holds, else the
-    very same arrays."""
+    very same arrays. `grad_norm`: the gradients' global norm, handed to tx's clipping (one
+    computation per step) where tx takes extra arguments."""
     # lax.cond, not jnp.where over the leaves: a select keeps the old optimizer moments alive
     # beside the new ones, and XLA:CPU copied every one of them each step.
-    def apply(grads, params, opt_state):
-        updates, opt_state = tx.update(grads, opt_state, params)
+    takes_norm = grad_norm is not None and isinstance(tx, optax.GradientTransformationExtraArgs)
+
+    def apply(grads, params, opt_state, grad_norm):
+        extra = {"grad_norm": grad_norm} if takes_norm else {}
+        updates, opt_state = tx.update(grads, opt_state, params, **extra)
         return optax.apply_updates(params, updates), opt_state
 
-    return jax.lax.cond(ok, apply, lambda g, p, o: (p, o), grads, params, opt_state)
+    return jax.lax.cond(ok, apply, lambda g, p, o, n: (p, o), grads, params, opt_state,
+                        grad_norm if takes_norm else jnp.zeros((), jnp.float32))
+
+
+def should_update(stats, ce, z, grad_norm, tcfg):
+    """(apply this step's update?, the spike statistics after it, extra metrics): not where
+    the loss or gradient norm is non-finite or, with train.skip_spikes, a spike."""
+    finite = jnp.isfinite(ce) & jnp.isfinite(z) & jnp.isfinite(grad_norm)
+    if not tcfg.skip_spikes:
+        return finite, stats, {}
+    spike = finite & spikes.is_spike(stats, ce, grad_norm, tcfg)
+    return (finite & ~spike, spikes.record(stats, ce, grad_norm, finite),
+            {"spike_steps": jnp.where(spike, 1.0, 0.0)})
 
 
 def updates_applied(opt_state, default):
@@ -121,6 +138,7 @@ def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | No
     one flat all-reduce. Otherwise XLA places the reductions the shardings imply.
     """
     k = config.optim.grad_accum
+    tcfg = config.train
     z_loss = config.optim.z_loss
     use_dropout = config.model.dropout > 0.0
     # Gradients of the trainable params only; the frozen ones enter as constants.
@@ -167,18 +185,18 @@ def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | No
         grads, ce, z, n = summed_gradients(trainable, frozen, key, batch)
         n = jnp.maximum(n, 1.0)
         grads, ce, z = jax.tree.map(lambda x: x / n, (grads, ce, z))
-        grad_norm = optax.global_norm(grads)
-        # A non-finite loss or gradient norm skips the update: the params and optimizer state
-        # stay bitwise as they were (the step counter, hence data and dropout keys, moves on).
-        finite = jnp.isfinite(ce) & jnp.isfinite(z) & jnp.isfinite(grad_norm)
-        trainable, opt_state = update_if(finite, tx, grads, trainable, state.opt_state)
+        grad_norm = optax.tree.norm(grads)  # once: the checks below and the clipping use it
+        # A skipped step keeps the params and optimizer state bitwise as they were (the step
+        # counter, hence data and dropout keys, moves on).
+        ok, spike_stats, extra = should_update(state.spikes, ce, z, grad_norm, tcfg)
+        trainable, opt_state = update_if(ok, tx, grads, trainable, state.opt_state, grad_norm)
         metrics = {"loss": ce, "grad_norm": grad_norm,
                    "lr": schedule(updates_applied(state.opt_state, state.step)),
-                   "skipped_steps": jnp.where(finite, 0.0, 1.0)}
+                   "skipped_steps": jnp.where(ok, 0.0, 1.0), **extra}
         if z_loss:
             metrics["z_loss"] = z
         return state.replace(params=nnx.merge_state(trainable, frozen), opt_state=opt_state,
-                             step=state.step + 1), metrics
+                             step=state.step + 1, spikes=spike_stats), metrics
 
     return step
 
