@@ -70,3 +70,12 @@ def test_tokens_per_sec_is_each_runs_median_window_after_warmup(tmp_path):
     summary = ablate.summarise(runs, sweep.metrics)
     mean, std, n = summary["mha"]["tokens_per_sec"]  # seeds 0 and 1 of the first variant
     assert (mean, n) == (pytest.approx((200.0 + 500.0) / 2), 2)
+
+
+def test_overrides_keep_the_base_configs_references():
+    """finetune_gpt2's warm-up is 5% of train.num_steps: a sweep's num_steps moves it too."""
+    base = ablate.load_config_file("configs/finetune_gpt2.py")
+    assert ablate.apply_overrides(base, {"train.num_steps": 200}).optim.warmup_steps == 10
+    assert base.optim.warmup_steps == 50  # the base itself is left as it was
+    explicit = ablate.apply_overrides(base, {"optim.warmup_steps": 7, "train.num_steps": 200})
+    assert explicit.optim.warmup_steps == 7
