@@ -14,6 +14,12 @@ Only the answer, translation or assistant turns are scored, so the validation lo
 The model's shape comes from --init_from (gpt2, gpt2-medium, ... or a local folder), the
 tokenizer too (data.tokenizer='init_from'). Hyperparameters follow common GPT-2 fine-tuning
 practice: a small learning rate (5e-5) with a short warmup and linear decay, dropout 0.1.
+
+The config fits the model it starts from: data.seq_len (256; 512 for dialogue) is capped at the
+source's context (a smaller model's max_len), with one log line saying so. The warm-up is 5% of
+train.num_steps, so it scales with --config.train.num_steps (50 of the default 1000; 1 of a
+30-step run): a fixed 50 would leave a short run in its warm-up, never at the full learning
+rate. An explicit --config.optim.warmup_steps wins, and one over half the run logs a warning.
 """
 
 from gptjax.config import default_config
@@ -39,7 +45,8 @@ def get_config(task: str = "completion"):
     config.optim.lr = 5e-5
     config.optim.min_lr = 0.0
     config.optim.schedule = "linear"
-    config.optim.warmup_steps = 50
+    # 5% of the run, whatever --config.train.num_steps says (a reference, resolved at the end).
+    config.optim.warmup_steps = config.train.get_ref("num_steps") // 20
     config.optim.weight_decay = 0.0
     config.optim.grad_clip = 1.0
 

@@ -25,6 +25,7 @@ its last checkpoint.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import json
@@ -61,7 +62,9 @@ def load_config_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]):
     """A copy of `config` with 'section.field' keys set; an unknown key is an error."""
-    config = ml_collections.ConfigDict(config.to_dict())
+    # A deep copy keeps the config's field references (finetune_gpt2's warm-up follows
+    # train.num_steps), which a copy through to_dict() would freeze at the base's values.
+    config = copy.deepcopy(config)
     for key, value in overrides.items():
         section, _, field = key.partition(".")
         if not field or section not in config or field not in config[section]:

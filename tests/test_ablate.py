@@ -107,3 +107,12 @@ def test_a_failing_setup_stops_the_sweep_before_any_run(tmp_path):
     with pytest.raises(RuntimeError, match="setup step 'broken' failed"):
         ablate.run_sweep(sweep, tmp_path, train_fn=lambda *a: calls.append(a), log=lambda s: None)
     assert calls == []
+
+
+def test_overrides_keep_the_base_configs_references():
+    """finetune_gpt2's warm-up is 5% of train.num_steps: a sweep's num_steps moves it too."""
+    base = ablate.load_config_file("configs/finetune_gpt2.py")
+    assert ablate.apply_overrides(base, {"train.num_steps": 200}).optim.warmup_steps == 10
+    assert base.optim.warmup_steps == 50  # the base itself is left as it was
+    explicit = ablate.apply_overrides(base, {"optim.warmup_steps": 7, "train.num_steps": 200})
+    assert explicit.optim.warmup_steps == 7

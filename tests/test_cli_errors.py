@@ -50,6 +50,10 @@ def files(tmp: pathlib.Path) -> dict:
     (pt_dir / "model.pt").write_bytes(b"not loaded")
     (tmp / "long_prompt.txt").write_text("word " * 400)
     (tmp / "long.jsonl").write_text(json.dumps({"question": "word " * 400, "answer": "b"}) + "\n")
+    rope_run = tmp / "rope_run"  # a run's workdir as far as its config goes
+    (rope_run / "checkpoints").mkdir(parents=True)
+    (rope_run / "config.json").write_text(json.dumps({"model": {"position": "rope"},
+                                                      "train": {}}))
     return {p.name: str(p) for p in tmp.iterdir()}
 
 
@@ -229,6 +233,16 @@ def table(f: dict, run: str, tmp: pathlib.Path) -> list[tuple[str, str, list[str
          r"--steps=0"),
         ("bench_packing", "missing-text", [f"--text={tmp / 'none.txt'}", f"--workdir={new}",
                                            f"--out={new}/p.md"], r"none\.txt"),
+        ("export", "missing-checkpoint", [f"--checkpoint={tmp / 'nope'}", f"--outdir={new}"],
+         r"nope"),
+        ("export", "missing-outdir-flag", [f"--checkpoint={TINY}"], r"--outdir"),
+        ("export", "non-empty-outdir", [f"--checkpoint={TINY}", f"--outdir={run}"],
+         r"not empty.*--overwrite"),
+        ("export", "outdir-is-source", [f"--checkpoint={run}", f"--outdir={run}", "--overwrite"],
+         r"source folder"),
+        ("export", "empty-folder", [f"--checkpoint={f['adir']}", f"--outdir={new}"], r"adir"),
+        ("export", "rope-model", [f"--checkpoint={f['rope_run']}", f"--outdir={new}"],
+         r"model\.position='rope'.*Hugging Face GPT-2"),
         ("chaos", "zero-kills", ["--kills=0", f"--out={new}/c", "--report="], r"--kills=0"),
         ("chaos", "sparse-checkpoints", ["--checkpoint_every=80", "--fsdp_steps=100",
                                          f"--out={new}/c", "--report="], r"checkpoint_every=80"),
@@ -279,7 +293,8 @@ def _ids():
     tmp = pathlib.Path("/nonexistent")
     return [f"{m}:{c}" for m, c, _, _ in table({k: k for k in (
         "empty.txt", "binary.txt", "adir", "broken.jsonl", "nofield.jsonl", "nofield_text.jsonl",
-        "torch_only", "pt_only", "long_prompt.txt", "good.jsonl", "long.jsonl")}, "run", tmp)]
+        "torch_only", "pt_only", "long_prompt.txt", "good.jsonl", "long.jsonl", "rope_run")},
+        "run", tmp)]
 
 
 def test_table_is_large_and_covers_every_entry_point():

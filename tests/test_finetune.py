@@ -1,7 +1,9 @@
 """Fine-tuning: task formats scored on the answer only, a run that starts from a Hugging Face
 GPT-2 or a gptjax run (its architecture, tokenizer and weights), the chat loop, and bad input."""
 
+import dataclasses
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -20,6 +22,7 @@ from gptjax.generation import GenerationError
 from gptjax.generation.chat import Chat
 from gptjax.model import split
 from gptjax.training import checkpoint as ckpt_lib
+from gptjax.training import pretrained
 from gptjax.training.loop import train
 from gptjax.training.steps import eval_step_fn
 
@@ -254,14 +257,36 @@ def test_finetune_from_a_gptjax_run_keeps_its_char_vocabulary(tmp_path):
 @pytest.mark.parametrize("sections, message", [
     (dict(train=dict(init_from="/nonexistent/gpt2")), r"train.init_from='/nonexistent/gpt2'"),
     (dict(train=dict(init_from=None)), r"data.tokenizer='init_from' .* train.init_from"),
-    (dict(model=dict(max_len=256), data=dict(seq_len=200)),
-     r"init_from.*data.seq_len=200.*max_len=128"),
     (dict(data=dict(task="summary")), r"data.task='summary' is unknown"),
 ])
 def test_bad_finetune_input_fails_before_writing(tmp_path, sections, message):
     with pytest.raises(ConfigError, match=message):
         train(finetune_config(tmp_path, **sections), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_finetune_config_fits_the_source(tmp_path, caplog):
+    """data.seq_len over the source's context is capped at it, with one log line; a warm-up over
+    half the run gets one warning (a config's own model.max_len is the source's anyway)."""
+    cfg = Config.from_dict(finetune_config(tmp_path, model=dict(max_len=256),
+                                           data=dict(seq_len=200)))
+    with caplog.at_level(logging.INFO):
+        adopted = pretrained.adopt(cfg)
+    assert adopted.data.seq_len == 128 and adopted.model.max_len == 128
+    assert "data.seq_len=200 capped at the model's context, max_len=128" in caplog.text
+    assert "warmup" not in caplog.text  # 2 of 30 steps
+    assert pretrained.adopt(adopted).data.seq_len == 128  # one that fits stays as it is
+    for warmup, says in ((16, "spends 53% of its steps warming up"),
+                         (30, "never leaves its warm-up")):
+        caplog.clear()
+        pretrained.adopt(dataclasses.replace(
+            cfg, optim=dataclasses.replace(cfg.optim, warmup_steps=warmup)))
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and says in warnings[0], warnings
+    caplog.clear()
+    pretrained.adopt(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim,
+                                                                        warmup_steps=15)))
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
 # ---- chat ----------------------------------------------------------------------------------------

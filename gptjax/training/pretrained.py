@@ -41,7 +41,8 @@ def source_config(path: str) -> tuple[str, ModelConfig]:
 
 
 def adopt(cfg: Config) -> Config:
-    """cfg with train.init_from's architecture, and data.tokenizer='init_from' made its folder.
+    """cfg with train.init_from's architecture, data.tokenizer='init_from' made its folder, and
+    data.seq_len capped at its context (one log line); warns of a warm-up that does not fit.
 
     Reads config files only, so every mismatch fails before data or compile.
     """
@@ -66,11 +67,29 @@ def adopt(cfg: Config) -> Config:
     data = cfg.data
     if data.tokenizer == "init_from":
         data = dataclasses.replace(data, tokenizer=folder)
+    if data.seq_len > source.max_len:  # a config written for GPT-2's 1024 on a smaller source
+        logging.info("train.init_from=%s: data.seq_len=%d capped at the model's context, "
+                     "max_len=%d", path, data.seq_len, source.max_len)
+        data = dataclasses.replace(data, seq_len=source.max_len)
+    warn_warmup(cfg.optim.warmup_steps, cfg.train.num_steps)
     try:
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changed),
                                    data=data)
     except ConfigError as e:
         raise ConfigError(f"with train.init_from={path!r}'s architecture: {e}") from None
+
+
+def warn_warmup(warmup_steps: int, num_steps: int) -> None:
+    """One warning when the warm-up takes more than half the run: its lr stays low throughout."""
+    if 2 * warmup_steps <= num_steps:
+        return
+    if warmup_steps >= num_steps:
+        fate = "never leaves its warm-up, so the learning rate never reaches optim.lr"
+    else:
+        fate = f"spends {warmup_steps / num_steps:.0%} of its steps warming up"
+    logging.warning("optim.warmup_steps=%d with train.num_steps=%d: the run %s; lower "
+                    "optim.warmup_steps (a few %% of the steps is usual)", warmup_steps,
+                    num_steps, fate)
 
 
 def load_sharded(cfg: Config, shardings):
