@@ -115,7 +115,7 @@ def test_lora_starts_at_the_base_and_merges_into_base_plus_scaled_ba():
 
 def test_lora_sharded_with_grad_accum_matches_one_device(fast_compiles):
     section = dict(method="lora", lora_rank=4, lora_targets="all")
-    batches = scaling.synthetic_batches(tiny(section), 4)
+    batches = scaling.synthetic_batches(tiny(section), 3)
     one = scaling.run(tiny(section, grad_accum=2, mesh=dict(data=1)), batches,
                       devices=jax.devices()[:1])
     run = scaling.run(tiny(section, grad_accum=2, mesh=dict(data=1, fsdp=2, tensor=4)), batches)
@@ -167,23 +167,17 @@ def test_lora_run_checkpoints_adapters_resumes_bitwise_and_loads_merged(fast_com
     cfg = lora_run_config(tmp_path)
     seen = {}
 
-    class Stop(Exception):
-        pass
-
-    def stop_at_2(step, row, run):
-        if step == 2:
-            raise Stop
-
     def keep(step, row, run):
         seen[step] = jax.device_get(run.state.params)
 
     train(cfg, tmp_path / "straight", callbacks=[keep])
-    with pytest.raises(Stop):
-        train(cfg, tmp_path / "resumed", callbacks=[stop_at_2])
+    # Resumed from step 2's checkpoint (a copy of the run without its later one): kill-free.
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "4")
     train(cfg, tmp_path / "resumed")
     losses = [[r["train_loss"] for r in map(json.loads, open(tmp_path / w / "metrics.jsonl"))
                if "train_loss" in r] for w in ("straight", "resumed")]
-    assert losses[0] == losses[1][:2] + losses[1][-2:]
+    assert losses[0] == losses[1] and len(losses[0]) == 4
 
     def saved(workdir, step):
         with ocp.CheckpointManager(workdir / "checkpoints", item_handlers={
