@@ -9,7 +9,6 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
@@ -109,7 +108,8 @@ def test_lora_starts_at_the_base_and_merges_into_base_plus_scaled_ba():
         a, b = lora[f"{name}/lora_a"], lora[f"{name}/lora_b"]
         expected = lora[f"{name}/kernel"].astype(np.float64) + 8.0 / 4 * (a @ b)
         np.testing.assert_allclose(merged[f"{name}/kernel"], expected, rtol=1e-5, atol=1e-6)
-    assert merged["blocks/0/attn/key/kernel"].tobytes() == lora["blocks/0/attn/key/kernel"].tobytes()
+    key = "blocks/0/attn/key/kernel"
+    assert merged[key].tobytes() == lora[key].tobytes()
     np.testing.assert_allclose(merge_lora(model)(tokens), model(tokens), atol=2e-5)
 
 
@@ -206,6 +206,9 @@ def test_lora_run_checkpoints_adapters_resumes_bitwise_and_loads_merged(fast_com
     tokens = jnp.asarray(batch_of(v=320)["inputs"])
     np.testing.assert_allclose(merged(tokens), lora_model(tokens), atol=1e-4)
 
+    # another method's optimizer state would not fit: refused before anything compiles
+    with pytest.raises(ConfigError, match=r"finetune.method: checkpoint 'lora', config 'bitfit'"):
+        train({**cfg, "finetune": dict(method="bitfit")}, tmp_path / "straight")
     # the base is read again at restore: gone, the run says so before anything compiles
     shutil.rmtree(tmp_path / "base")
     with pytest.raises(ConfigError, match=r"train.init_from="):
@@ -250,4 +253,3 @@ def test_every_config_takes_the_finetune_section():
         cfg = Config.from_dict(config)
         assert (cfg.model.lora_rank, cfg.model.lora_targets) == (4, "query,value")
     assert Config.from_dict({}).model.lora_rank == 0
-    assert optax is not None

@@ -36,7 +36,8 @@ from gptjax.training.state import graphdef_of, init_state
 
 # Model fields a resumed run may change: they alter neither parameter shapes nor their meaning
 # (vocab_multiple may differ while the padded row count it gives does not: compared apart).
-RESUMABLE_MODEL_FIELDS = frozenset({"dropout", "attention", "dtype", "remat", "vocab_multiple"})
+RESUMABLE_MODEL_FIELDS = frozenset({"dropout", "attention", "dtype", "remat", "vocab_multiple",
+                                    "lora_dropout"})
 CORRUPT_SUFFIX = ".corrupt"  # an unreadable step, moved aside: never retried, never deleted
 
 
@@ -125,6 +126,11 @@ def check_compatible(saved: Mapping[str, Any], config: Config, where: str) -> No
     if rows != old_rows:
         diffs.append(f"embedding rows (vocab_size padded to model.vocab_multiple, here "
                      f"rounded up to the mesh's tensor axis): checkpoint {old_rows}, config {rows}")
+    # Another fine-tuning method trains other parameters: its optimizer state would not fit.
+    old_ft = saved.get("finetune", {})
+    diffs += [f"finetune.{k}: checkpoint {old_ft.get(k, v)!r}, config {v!r}"
+              for k, v in config.to_dict()["finetune"].items()
+              if k != "lora_dropout" and _norm(old_ft.get(k, v)) != _norm(v)]
     if diffs:
         raise ConfigError(
             f"{where} holds a checkpoint of a different model ({'; '.join(diffs)}). Resume it "
