@@ -62,6 +62,12 @@ class ModelConfig:
     remat: bool = False  # rematerialise each block in the backward pass
     layer_norm_epsilon: float = 1e-5
     rope_theta: float = 10000.0
+    # LoRA adapters (Hu et al. 2021) beside the projections lora_targets names; 0: none. Set
+    # from the finetune section (Config does it), never by hand: see FinetuneConfig.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "query,value"
 
     def __post_init__(self):
         if self.num_kv_heads is None:
@@ -114,6 +120,13 @@ class ModelConfig:
                 or self.rope_theta <= 0:  # 0 or less makes RoPE's frequencies inf/NaN
             _fail("model.rope_theta", self.rope_theta,
                   "must be a positive number (RoPE's base wavelength; 10000 in Su et al. 2021)")
+        _check_lora("model", self.lora_rank, self.lora_alpha, self.lora_dropout,
+                    self.lora_targets, rank_may_be_zero=True)
+
+    @property
+    def lora_scale(self) -> float:
+        """The adapters' output scale alpha / r (Hu et al. 2021, section 4.1)."""
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
@@ -326,15 +339,125 @@ class MeshConfig:
         self.validate()
 
 
+FINETUNE_METHODS = ("full", "lora", "freeze", "bitfit")
+# LoRA's target names: the model's projections, and groups of them.
+LORA_PROJECTIONS = ("query", "key", "value", "out", "fc", "proj")
+LORA_GROUPS = {"attention": ("query", "key", "value", "out"), "mlp": ("fc", "proj"),
+               "all": LORA_PROJECTIONS}
+
+
+def lora_target_items(targets: str) -> list[str]:
+    """finetune.lora_targets split at commas: projection or group names, or regexes."""
+    return [t.strip() for t in str(targets).split(",") if t.strip()]
+
+
+def _check_lora(section: str, rank, alpha, dropout, targets, *, rank_may_be_zero=False) -> None:
+    low = 0 if rank_may_be_zero else 1
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < low:
+        _fail(f"{section}.lora_rank", rank, "must be a positive integer (the adapters' rank r)")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        _fail(f"{section}.lora_alpha", alpha, "must be a positive number (scale alpha / r)")
+    if not 0.0 <= dropout < 1.0:
+        _fail(f"{section}.lora_dropout", dropout, "must be in [0, 1)")
+    items = lora_target_items(targets) if isinstance(targets, str) else None
+    if not items:
+        _fail(f"{section}.lora_targets", targets,
+              f"must name projections {list(LORA_PROJECTIONS)} or groups {list(LORA_GROUPS)}, "
+              "comma-separated, or regexes over module paths like 'blocks/0/attn/query'")
+    known = set(LORA_PROJECTIONS) | set(LORA_GROUPS)
+    for item in items:
+        if re.fullmatch(r"[a-z_]+", item) and item not in known:  # a name, not a pattern
+            _fail(f"{section}.lora_targets", targets,
+                  f"unknown target {item!r}; known: {sorted(known)}, or a regex over module "
+                  "paths like 'blocks/[0-5]/attn/(query|value)'")
+        try:
+            re.compile(item)
+        except re.error as e:
+            _fail(f"{section}.lora_targets", targets, f"{item!r} is not a regular expression ({e})")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """Which parameters a fine-tuning run trains (gptjax/training/finetune.py's registry).
+
+    full: every one (the default); lora: low-rank adapters beside the frozen projections named
+    by lora_targets (Hu et al. 2021); freeze: all but the first freeze_layers blocks (and the
+    embeddings unless freeze_embeddings); bitfit: biases and LayerNorm parameters only.
+    """
+
+    method: str = "full"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "query,value"  # Hu et al.'s choice; 'attention', 'mlp', 'all', regexes
+    freeze_layers: int = 0
+    freeze_embeddings: bool = False
+
+    # The fields each method reads; another method's field changed from its default is refused
+    # (an ablation row that says r=16 must never have trained something else).
+    FIELDS = {"lora": ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets"),
+              "freeze": ("freeze_layers", "freeze_embeddings")}
+
+    def validate(self) -> None:
+        _require_finite(self, "finetune")
+        if self.method not in FINETUNE_METHODS:
+            _fail("finetune.method", self.method, f"choose one of {list(FINETUNE_METHODS)}")
+        _check_lora("finetune", self.lora_rank, self.lora_alpha, self.lora_dropout,
+                    self.lora_targets)
+        if (not isinstance(self.freeze_layers, int) or isinstance(self.freeze_layers, bool)
+                or self.freeze_layers < 0):
+            _fail("finetune.freeze_layers", self.freeze_layers,
+                  "must be a non-negative integer (the first k blocks stay frozen)")
+        if not isinstance(self.freeze_embeddings, bool):
+            _fail("finetune.freeze_embeddings", self.freeze_embeddings, "must be True or False")
+        for method, names in self.FIELDS.items():
+            for name in names:
+                value = getattr(self, name)
+                if method != self.method and value != _default(FinetuneConfig, name):
+                    _fail(f"finetune.{name}", value,
+                          f"applies to finetune.method={method!r} only, but the method is "
+                          f"{self.method!r}; set --config.finetune.method={method} or leave "
+                          f"finetune.{name} at its default")
+
+    def __post_init__(self):
+        self.validate()
+
+
+def _default(cls, name: str):
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """A whole experiment: model, data, optim, train, mesh."""
+    """A whole experiment: model, data, optim, train, mesh, finetune."""
 
     model: ModelConfig
     data: DataConfig
     optim: OptimConfig
     train: TrainConfig
     mesh: MeshConfig
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+
+    def __post_init__(self):
+        ft = self.finetune
+        if ft.method != "full" and self.train.trainable is not None:
+            raise ConfigError(
+                f"train.trainable={self.train.trainable!r} and finetune.method={ft.method!r} "
+                "both choose the trainable parameters; set one of them (train.trainable only "
+                "with finetune.method='full')")
+        # The model builds what the finetune section asks for: its LoRA fields follow it.
+        lora = {name: getattr(ft, name) for name in FinetuneConfig.FIELDS["lora"]}
+        if ft.method != "lora":
+            lora = {name: _default(ModelConfig, name) for name in lora}
+        current = {name: getattr(self.model, name) for name in lora}
+        unset = all(v == _default(ModelConfig, k) for k, v in current.items())
+        if current != lora and not unset:
+            raise ConfigError(
+                f"model.lora_* {current} differ from what finetune asks for {lora}; the model's "
+                "LoRA fields follow the finetune section: set finetune.method='lora' and "
+                "finetune.lora_rank/lora_alpha/lora_dropout/lora_targets instead")
+        if current != lora:
+            object.__setattr__(self, "model", dataclasses.replace(self.model, **lora))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Config":
@@ -342,7 +465,7 @@ class Config:
         if hasattr(d, "to_dict"):
             d = d.to_dict()
         sections = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
-                    "train": TrainConfig, "mesh": MeshConfig}
+                    "train": TrainConfig, "mesh": MeshConfig, "finetune": FinetuneConfig}
         unknown = sorted(set(d) - set(sections))
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}; known: {list(sections)}")

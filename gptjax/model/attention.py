@@ -13,34 +13,40 @@ from flax import nnx
 
 from gptjax.config import ModelConfig
 from gptjax.model import kernels, positions
+from gptjax.model.lora import project
 from gptjax.model.kernels.reference import attention_weights, repeat_kv
 from gptjax.model.layers import dense
 from gptjax.parallel.rules import with_logical_constraint as constrain  # no-op off a mesh
 
 
 class CausalSelfAttention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, path: str | None = None):
+        """path: the module's place ('blocks/0/attn'), which LoRA's targets may name."""
         self.cfg = cfg
         d, hd = cfg.d_model, cfg.head_dim
         residual_std = 0.02 / math.sqrt(2 * cfg.num_layers)  # GPT-2: scale residual projections
-        self.query = dense(cfg, d, cfg.num_heads * hd, ("embed", "heads"), std=0.02, rngs=rngs)
-        self.key = dense(cfg, d, cfg.num_kv_heads * hd, ("embed", "kv_heads"), std=0.02, rngs=rngs)
+        at = (lambda name: None) if path is None else (lambda name: f"{path}/{name}")
+        self.query = dense(cfg, d, cfg.num_heads * hd, ("embed", "heads"), std=0.02, rngs=rngs,
+                           path=at("query"))
+        self.key = dense(cfg, d, cfg.num_kv_heads * hd, ("embed", "kv_heads"), std=0.02,
+                         rngs=rngs, path=at("key"))
         self.value = dense(cfg, d, cfg.num_kv_heads * hd, ("embed", "kv_heads"), std=0.02,
-                           rngs=rngs)
+                           rngs=rngs, path=at("value"))
         self.out = dense(cfg, cfg.num_heads * hd, d, ("heads", "embed"), std=residual_std,
-                         rngs=rngs)
+                         rngs=rngs, path=at("out"))
         self.resid_dropout = nnx.Dropout(cfg.dropout)
         # True: each call also sows its attention weights (nnx.Intermediate 'attention_weights',
         # [batch, heads, q, k]); gptjax.model.inspect turns it on.
         self.sow_weights = False
 
-    def project(self, x, positions_):
+    def project(self, x, positions_, *, deterministic: bool = True, rngs=None):
         """1. Queries, keys and values, split into heads: [batch, seq, (kv_)heads, head_dim]."""
         cfg = self.cfg
         b, t, _ = x.shape
-        q = self.query(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
-        k = self.key(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-        v = self.value(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        kw = dict(deterministic=deterministic, rngs=rngs)  # for LoRA's dropout, if any
+        q = project(self.query, x, **kw).reshape(b, t, cfg.num_heads, cfg.head_dim)
+        k = project(self.key, x, **kw).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        v = project(self.value, x, **kw).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
         q = constrain(q, ("batch", "seq", "heads", "head_dim"))
         k = constrain(k, ("batch", "seq", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "seq", "kv_heads", "head_dim"))
@@ -57,7 +63,7 @@ class CausalSelfAttention(nnx.Module):
         """
         cfg = self.cfg
         b, t, _ = x.shape
-        q, k, v = self.project(x, positions_)
+        q, k, v = self.project(x, positions_, deterministic=deterministic, rngs=rngs)
         if cache is not None:
             cache = {name: jax.lax.dynamic_update_slice(
                 cache[name], _to_cache(new).astype(cache[name].dtype), (0, cache_index, 0))
@@ -73,7 +79,8 @@ class CausalSelfAttention(nnx.Module):
             q, k, v, mask, dropout_rate=cfg.dropout if training else 0.0, dropout_rng=dropout_rng)
         y = constrain(y, ("batch", "seq", "heads", "head_dim"))
         # concatenate the heads and project back to d_model
-        y = self.out(y.reshape(b, t, cfg.num_heads * cfg.head_dim))
+        y = project(self.out, y.reshape(b, t, cfg.num_heads * cfg.head_dim),
+                    deterministic=deterministic, rngs=rngs)
         return self.resid_dropout(y, deterministic=deterministic, rngs=rngs), cache
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gptjax.config import ConfigError, ModelConfig
-from gptjax.model import cpu, kernels, positions
+from gptjax.model import cpu, kernels, lora, positions
 from gptjax.model.attention import CausalSelfAttention
 from gptjax.model.layers import (dense, embedding, layer_norm, lookup, mask_padded_vocab,
                                  tied_logits)
@@ -29,6 +29,7 @@ def check_config(cfg: ModelConfig, seq_len: int | None = None, *,
     carry segment ids, data.document_mask, or the field that asks, 'data.pack'). Reads nothing."""
     positions.check(cfg)
     kernels.check(cfg, seq_len, segments=segments)
+    lora.check(cfg)
     limit = positions.get(cfg.position).max_positions(cfg)
     if seq_len is not None and limit is not None and seq_len > limit:
         raise ConfigError(f"data.seq_len={seq_len} is invalid: must not exceed model.max_len="
@@ -38,25 +39,30 @@ def check_config(cfg: ModelConfig, seq_len: int | None = None, *,
 class MLP(nnx.Module):
     """Position-wise feed-forward: d_model -> d_ff -> GELU (tanh, as GPT-2) -> d_model."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.fc = dense(cfg, cfg.d_model, cfg.d_ff, ("embed", "mlp"), std=0.02, rngs=rngs)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, path: str | None = None):
+        at = (lambda name: None) if path is None else (lambda name: f"{path}/{name}")
+        self.fc = dense(cfg, cfg.d_model, cfg.d_ff, ("embed", "mlp"), std=0.02, rngs=rngs,
+                        path=at("fc"))
         self.proj = dense(cfg, cfg.d_ff, cfg.d_model, ("mlp", "embed"),
-                          std=0.02 / math.sqrt(2 * cfg.num_layers), rngs=rngs)
+                          std=0.02 / math.sqrt(2 * cfg.num_layers), rngs=rngs, path=at("proj"))
         self.dropout = nnx.Dropout(cfg.dropout)
 
     def __call__(self, x, *, deterministic=True, rngs=None):
-        h = constrain(cpu.gelu(self.fc(x)), ("batch", "seq", "mlp"))
-        return self.dropout(self.proj(h), deterministic=deterministic, rngs=rngs)
+        kw = dict(deterministic=deterministic, rngs=rngs)  # for LoRA's dropout, if any
+        h = constrain(cpu.gelu(lora.project(self.fc, x, **kw)), ("batch", "seq", "mlp"))
+        return self.dropout(lora.project(self.proj, h, **kw), **kw)
 
 
 class Block(nnx.Module):
     """x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, index: int | None = None):
+        """index: the block's place in the stack (LoRA's targets may name blocks)."""
+        path = None if index is None else f"blocks/{index}"
         self.ln_1 = layer_norm(cfg, rngs)
-        self.attn = CausalSelfAttention(cfg, rngs=rngs)
+        self.attn = CausalSelfAttention(cfg, rngs=rngs, path=path and f"{path}/attn")
         self.ln_2 = layer_norm(cfg, rngs)
-        self.mlp = MLP(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs, path=path and f"{path}/mlp")
 
     def __call__(self, x, *, positions_, mask, cache=None, cache_index=None,
                  deterministic=True, rngs=None):
@@ -82,7 +88,8 @@ class GPT(nnx.Module):
             if table is not None:  # learned positions: GPT-2's wpe
                 self.wpe = table
             self.embed_dropout = nnx.Dropout(cfg.dropout)
-            self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+            self.blocks = nnx.List([Block(cfg, rngs=rngs, index=i)
+                                    for i in range(cfg.num_layers)])
             self.ln_f = layer_norm(cfg, rngs)
             if not cfg.tie_embeddings:
                 self.lm_head = dense(cfg, cfg.d_model, cfg.padded_vocab, ("embed", "vocab"),
@@ -238,6 +245,32 @@ def repad_vocab(params, cfg: ModelConfig, multiple: int):
     _, resized = split(nnx.eval_shape(lambda: GPT(new, rngs=nnx.Rngs(0))))
     resized.replace_by_pure_dict(pure)
     return resized, new
+
+
+def merge_lora(model: GPT) -> GPT:
+    """The plain GPT (no adapter modules) computing what `model` computes: every kernel with an
+    adapter becomes W + (alpha / r) A B. A model without adapters comes back as it is."""
+    cfg = model.cfg
+    if not cfg.lora_rank:
+        return model
+    pure = nnx.state(model, nnx.Param).to_pure_dict()
+
+    def fold(tree):
+        if not isinstance(tree, dict):
+            return tree
+        if "lora_a" in tree:
+            tree = dict(tree)
+            a, b = tree.pop("lora_a"), tree.pop("lora_b")
+            tree["kernel"] = lora.merged_kernel(tree["kernel"], a, b, cfg.lora_scale)
+        return {k: fold(v) for k, v in tree.items()}
+
+    plain_cfg = dataclasses.replace(cfg, **{f: getattr(ModelConfig, f) for f in LORA_FIELDS})
+    graphdef, params = split(nnx.eval_shape(lambda: GPT(plain_cfg, rngs=nnx.Rngs(0))))
+    params.replace_by_pure_dict(fold(pure))
+    return nnx.merge(graphdef, params)
+
+
+LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 
 
 def split(model: GPT):

@@ -7,21 +7,26 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gptjax.config import ModelConfig
-from gptjax.model import cpu
+from gptjax.model import cpu, lora
 from gptjax.parallel.rules import with_logical_constraint as constrain  # no-op off a mesh
 
 EMBED_STD = 0.02  # GPT-2's initial std of the token (and learned position) embeddings
 
 
 def dense(cfg: ModelConfig, d_in: int, d_out: int, axes, *, std: float, rngs: nnx.Rngs,
-          use_bias: bool = True, used_out: int | None = None) -> nnx.Linear:
+          use_bias: bool = True, used_out: int | None = None,
+          path: str | None = None) -> nnx.Linear:
     """A Linear with GPT-2 init (normal(std), zero bias) and logical axis names for sharding;
-    output columns past `used_out` (a padded vocabulary's) start at zero."""
+    output columns past `used_out` (a padded vocabulary's) start at zero. A projection at
+    `path` ('blocks/0/attn/query') that cfg's LoRA targets gets an adapter (lora.LoRALinear)."""
     init = nnx.initializers.normal(std)
     if used_out is not None and used_out < d_out:
         init = zero_padded(init, used_out, axis=1)
-    return nnx.Linear(
-        d_in, d_out, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
+    kind, extra = nnx.Linear, {}
+    if path is not None and lora.is_target(cfg, path):
+        kind, extra = lora.LoRALinear, {"cfg": cfg, "axes": axes}
+    return kind(
+        d_in, d_out, **extra, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
         param_dtype=jnp.dtype(cfg.param_dtype),
         kernel_init=nnx.with_partitioning(init, axes),
         bias_metadata={"out_sharding": (axes[1],)}, rngs=rngs)

@@ -31,6 +31,7 @@ DEFAULT_RULES: Rules = (
     ("mlp", "tensor"),  # Megatron TP: fc column-split, proj row-split
     ("vocab", "tensor"),  # embedding / LM head split over the vocabulary
     ("norm", None),  # LayerNorm scale/bias: small, replicated
+    ("lora_rank", None),  # LoRA adapters' rank axis: a few columns, never split
 )
 
 

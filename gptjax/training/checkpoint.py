@@ -29,14 +29,15 @@ from flax import nnx
 
 from gptjax.config import Config, ConfigError
 from gptjax.interop import register_format
-from gptjax.model.gpt import repad_vocab
-from gptjax.training import spikes
+from gptjax.model.gpt import merge_lora, repad_vocab
+from gptjax.training import finetune, spikes
 from gptjax.training.optim import make_optimizer
 from gptjax.training.state import graphdef_of, init_state
 
 # Model fields a resumed run may change: they alter neither parameter shapes nor their meaning
 # (vocab_multiple may differ while the padded row count it gives does not: compared apart).
-RESUMABLE_MODEL_FIELDS = frozenset({"dropout", "attention", "dtype", "remat", "vocab_multiple"})
+RESUMABLE_MODEL_FIELDS = frozenset({"dropout", "attention", "dtype", "remat", "vocab_multiple",
+                                    "lora_dropout"})
 CORRUPT_SUFFIX = ".corrupt"  # an unreadable step, moved aside: never retried, never deleted
 
 
@@ -125,6 +126,11 @@ def check_compatible(saved: Mapping[str, Any], config: Config, where: str) -> No
     if rows != old_rows:
         diffs.append(f"embedding rows (vocab_size padded to model.vocab_multiple, here "
                      f"rounded up to the mesh's tensor axis): checkpoint {old_rows}, config {rows}")
+    # Another fine-tuning method trains other parameters: its optimizer state would not fit.
+    old_ft = saved.get("finetune", {})
+    diffs += [f"finetune.{k}: checkpoint {old_ft.get(k, v)!r}, config {v!r}"
+              for k, v in config.to_dict()["finetune"].items()
+              if k != "lora_dropout" and _norm(old_ft.get(k, v)) != _norm(v)]
     if diffs:
         raise ConfigError(
             f"{where} holds a checkpoint of a different model ({'; '.join(diffs)}). Resume it "
@@ -252,28 +258,30 @@ def load_params(workdir: str | os.PathLike, step: int | None = None):
                                 "for the run's first checkpoint_every steps)")
     tx, _ = make_optimizer(cfg.optim, cfg.train.num_steps)
     abstract = jax.eval_shape(lambda: init_state(cfg.model, tx, cfg.train.seed,
-                                                 cfg.train.trainable, spikes.init(cfg.train)))
+                                                 finetune.trainable(cfg),
+                                                 spikes.init(cfg.train)))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = abstract_with_sharding(abstract, jax.tree.map(lambda _: device, abstract))
     manager = ocp.CheckpointManager(ckpt_dir.absolute(),
                                     item_handlers={"state": ocp.StandardCheckpointHandler()})
     try:
         state = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract)))["state"]
+            state=ocp.args.StandardRestore(finetune.saved_state(cfg, abstract))))["state"]
     finally:
         manager.close()
-    return cfg, state.params
+    return cfg, finetune.with_base(cfg, state, abstract).params  # LoRA: the base from init_from
 
 
 def load_model(workdir: str | os.PathLike, step: int | None = None, **overrides):
     """The GPT of a run's checkpoint; `overrides` replace model config fields (e.g. attention;
-    vocab_multiple pads the vocabulary anew)."""
+    vocab_multiple pads the vocabulary anew). A LoRA run's comes back merged: a plain GPT whose
+    kernels are base + (alpha / r) A B, so generation and export need nothing else."""
     cfg, params = load_params(workdir, step)
     model_cfg = cfg.model
     if "vocab_multiple" in overrides:
         params, model_cfg = repad_vocab(params, model_cfg, overrides.pop("vocab_multiple"))
     model_cfg = dataclasses.replace(model_cfg, **overrides)
-    return nnx.merge(graphdef_of(model_cfg), params)
+    return merge_lora(nnx.merge(graphdef_of(model_cfg), params))
 
 
 # A training run's workdir (config.json + orbax checkpoints/) loads its latest checkpoint.

@@ -40,7 +40,7 @@ from gptjax.model import positions
 from gptjax.model.kernels import check_available
 from gptjax.parallel import make_plan, vocab_shards
 from gptjax.training import checkpoint as ckpt_lib
-from gptjax.training import host, pretrained, skips, spikes
+from gptjax.training import finetune, host, pretrained, skips, spikes
 from gptjax.training import metrics as metrics_lib
 from gptjax.training import optim
 from gptjax.training.optim import make_optimizer
@@ -107,6 +107,7 @@ def check_config(cfg: Config) -> None:
     check_model(cfg.model, cfg.data.seq_len,
                 segments="data.pack" if cfg.data.pack else cfg.data.document_mask)
     optim.check(cfg.optim)
+    finetune.check(cfg)
 
 
 def set_up(cfg: Config, data=None):
@@ -213,27 +214,31 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
 
     tx, schedule = make_optimizer(cfg.optim, cfg.train.num_steps)
     graphdef = graphdef_of(cfg.model)
-    init = functools.partial(init_state, cfg.model, tx, cfg.train.seed, cfg.train.trainable,
+    trainable = finetune.trainable(cfg)
+    init = functools.partial(init_state, cfg.model, tx, cfg.train.seed, trainable,
                              spikes.init(cfg.train))
     abstract = jax.eval_shape(init)
-    check_trainable(abstract.params, cfg.train.trainable)
+    check_trainable(abstract.params, trainable)
     state_sharding = plan.shardings(abstract)
+    target = ckpt_lib.abstract_with_sharding(abstract, state_sharding)
     train_step = compile_train_step(cfg, plan, graphdef, tx, schedule, abstract, state_sharding)
     eval_step = plan.compile_eval(eval_step_fn(graphdef), abstract.params)
 
     is_main = jax.process_index() == 0
     if is_main:
-        _write_workdir(workdir, cfg, data.tokenizer)
+        _write_workdir(workdir, cfg, data.tokenizer, finetune.run_info(cfg, abstract, tx))
     checkpoints = ckpt_lib.Checkpoints(ckpt_dir, keep=cfg.train.keep_checkpoints)
     if start is None:
         start = 0
-        state = _fresh_state(cfg, plan, tx, init, state_sharding, workdir)
+        state = _fresh_state(cfg, plan, tx, init, target, workdir)
     else:
-        target = ckpt_lib.abstract_with_sharding(abstract, state_sharding)
-        found = checkpoints.restore_newest(target, data.train, newest=start)
+        # A LoRA run's checkpoints hold its adapters; the base is read from train.init_from.
+        found = checkpoints.restore_newest(finetune.saved_state(cfg, target), data.train,
+                                           newest=start)
         if found is None:
             raise ckpt_lib.CheckpointError(_no_readable_checkpoint(workdir))
         start, state = found
+        state = finetune.with_base(cfg, state, target)
         logging.info("Resuming %s from step %d", workdir, start)
     writer = metrics_lib.MetricWriter(workdir, resume_step=start, enabled=is_main)
     sampling = _sampling(cfg, data.tokenizer)
@@ -314,24 +319,28 @@ def keep_schedule(cfg: Config, saved: Mapping[str, Any]) -> Config:
     return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, decay_steps=old))
 
 
-def _write_workdir(workdir: pathlib.Path, cfg: Config, tokenizer) -> None:
+def _write_workdir(workdir: pathlib.Path, cfg: Config, tokenizer, run_info: dict) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    (workdir / "run_info.json").write_text(json.dumps(run_info, indent=2) + "\n")
     if hasattr(tokenizer, "save"):
         tokenizer.save(workdir / "tokenizer")
 
 
-def _fresh_state(cfg: Config, plan, tx, init, state_sharding, workdir) -> TrainState:
+def _fresh_state(cfg: Config, plan, tx, init, target, workdir) -> TrainState:
     """Step 0: random weights, or (train.init_from, fine-tuning) pretrained ones; fresh
-    optimizer moments either way."""
+    optimizer moments either way. LoRA: fresh adapters beside init_from's weights."""
     if not cfg.train.init_from:
         return plan.init(init)
     logging.info("Starting %s from the weights of %s", workdir, cfg.train.init_from)
-    params = pretrained.load_sharded(cfg, state_sharding.params)
+    if finetune.adapters_only(cfg):
+        return finetune.with_base(cfg, plan.init(init), target)
+    params = pretrained.load_sharded(cfg, target.params)
+    shardings = jax.tree.map(lambda x: x.sharding, target)
     return jax.jit(functools.partial(state_from_params, tx=tx, seed=cfg.train.seed,
-                                     trainable=cfg.train.trainable,
+                                     trainable=target.trainable,
                                      spikes=spikes.init(cfg.train)),
-                   out_shardings=state_sharding)(params)
+                   out_shardings=shardings)(params)
 
 
 def _sampling(cfg: Config, tokenizer) -> Sampling | None:
@@ -539,4 +548,4 @@ def stop_on_skips(run: Run, step: int, row: dict) -> None:
 
 def save_checkpoint(run: Run, step: int, row: dict) -> None:
     run.meter.pause(run.leaves)
-    run.checkpoints.save(step, run.state, run.data.train, run.cfg)
+    run.checkpoints.save(step, finetune.saved_state(run.cfg, run.state), run.data.train, run.cfg)

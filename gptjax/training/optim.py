@@ -98,7 +98,7 @@ def decay_mask(params, decay_embeddings: bool = False):
     Norm scales/biases and all biases are never decayed. Decided by the parameter's name in its
     path (nnx names: kernel, bias, scale, embedding).
     """
-    decayed = {"kernel"} | ({"embedding"} if decay_embeddings else set())
+    decayed = {"kernel", "lora_a", "lora_b"} | ({"embedding"} if decay_embeddings else set())
     return jax.tree_util.tree_map_with_path(lambda path, _: _param_name(path) in decayed, params)
 
 

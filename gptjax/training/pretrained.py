@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import numpy as np
 from absl import logging
 
 from gptjax.config import Config, ConfigError, ModelConfig
 from gptjax.interop import hf
-from gptjax.model import split
-from gptjax.training import checkpoint
+from gptjax.training import checkpoint, finetune
 
 # The fields that make the pretrained weights mean what they meant (shapes, and the function
 # they compute); the run keeps its own dropout, kernel, dtypes and remat.
@@ -92,20 +89,8 @@ def warn_warmup(warmup_steps: int, num_steps: int) -> None:
                     num_steps, fate)
 
 
-def load_sharded(cfg: Config, shardings):
+def load_sharded(cfg: Config, target):
     """train.init_from's weights as the run's params (cfg.model's dtypes), laid out as
-    `shardings` says; each process reads the files and keeps its own shards."""
-    m = cfg.model
-    model = hf.from_pretrained(cfg.train.init_from, dtype=m.dtype, param_dtype=m.param_dtype,
-                               attention=m.attention, remat=m.remat, dropout=m.dropout,
-                               vocab_multiple=m.vocab_multiple)
-    _, params = split(model)
-    if jax.tree.structure(params) != jax.tree.structure(shardings):
-        raise ConfigError(f"train.init_from={cfg.train.init_from!r}: its parameters do not "
-                          "have this run's model structure")
-
-    def place(x, sharding):
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-    return jax.tree.map(place, params, shardings)
+    `target` (the params' ShapeDtypeStructs with shardings) says; each process reads the files
+    and keeps its own shards."""
+    return finetune.load_base(cfg, target)

@@ -140,7 +140,7 @@ def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | No
     k = config.optim.grad_accum
     tcfg = config.train
     z_loss = config.optim.z_loss
-    use_dropout = config.model.dropout > 0.0
+    use_dropout = config.model.dropout > 0.0 or config.model.lora_dropout > 0.0
     # Gradients of the trainable params only; the frozen ones enter as constants.
     grad_fn = jax.value_and_grad(
         lambda params, frozen, *args, **kw: sums_fn(nnx.merge_state(params, frozen), *args, **kw),
