@@ -6,7 +6,8 @@ A sweep config (configs/ablations/*.py) holds:
     overrides   {'section': {'field': value}} applied to every run (e.g. a shorter schedule)
     variants    [{'name': ..., 'section': {'field': value}, ...}, ...]
     seeds       (0, 1, ...)
-    metrics     final metrics to tabulate (e.g. 'val_loss', 'val_accuracy')
+    metrics     final metrics to tabulate (e.g. 'val_loss', 'val_accuracy'; also run_info.json's
+                numbers, e.g. 'trainable_params', 'optimizer_state_bytes')
     eval_lengths  optional multiples of data.seq_len to evaluate at after training
                   (length extrapolation)
     evaluate    optional {'task': ..., 'data': FILE.jsonl, 'max_examples': N, generate's
@@ -262,6 +263,19 @@ def _read_metrics(workdir) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+SPEEDS = {"tokens_per_sec", "ms_per_step"}  # tabulated as each run's median logging window
+
+
+def _run_info(workdir) -> dict[str, Any]:
+    """The numbers of a run's run_info.json (trainable parameters, optimizer-state bytes)."""
+    path = pathlib.Path(workdir) / "run_info.json"
+    if not path.exists():
+        return {}
+    info = json.loads(path.read_text())
+    return {k: v for k, v in info.items() if isinstance(v, (int, float))
+            and not isinstance(v, bool)}
+
+
 def summarise(runs, metrics) -> dict[str, dict[str, tuple[float, float, int]]]:
     """{variant: {metric: (mean, std, n)}} over the seeds that finished."""
     table: dict[str, dict[str, list[float]]] = {}
@@ -269,11 +283,11 @@ def summarise(runs, metrics) -> dict[str, dict[str, tuple[float, float, int]]]:
         path = run.workdir / "final.json"
         if not path.exists():
             continue
-        final = json.loads(path.read_text())
-        if "tokens_per_sec" in metrics:  # one logging window is noisy: the run's median
-            rates = [r["tokens_per_sec"] for r in _read_metrics(run.workdir)
-                     if "tokens_per_sec" in r][1:] or [final.get("tokens_per_sec")]
-            final["tokens_per_sec"] = None if rates[0] is None else float(np.median(rates))
+        final = {**_run_info(run.workdir), **json.loads(path.read_text())}
+        for speed in SPEEDS & set(metrics):  # one logging window is noisy: the run's median
+            rates = [r[speed] for r in _read_metrics(run.workdir) if speed in r][1:] \
+                or [final.get(speed)]
+            final[speed] = None if rates[0] is None else float(np.median(rates))
         row = table.setdefault(run.variant, {})
         for m in metrics:
             if final.get(m) is not None:
@@ -297,8 +311,8 @@ def write_report(sweep, runs, outdir) -> pathlib.Path:
     variants = list(dict.fromkeys(run.variant for run in runs))
     lines = [f"# Ablation: {sweep.get('title', pathlib.Path(sweep.base).stem)}", "",
              f"Base config `{sweep.base}`, seeds {list(sweep.seeds)}; mean ± std over seeds"
-             + ("; tokens_per_sec is each run's median over its logging windows after the first"
-                if "tokens_per_sec" in metrics else "") + ".", "",
+             + (f"; {' and '.join(sorted(SPEEDS & set(metrics)))}: each run's median over its "
+               "logging windows after the first" if SPEEDS & set(metrics) else "") + ".", "",
              "| variant | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for v in variants:
         cells = []

@@ -58,18 +58,24 @@ def test_bad_variant_fails_before_any_run(tmp_path):
         ablate.run_sweep(_sweep(variants=[{"name": "x", "model": {"n_layers": 2}}]), tmp_path)
 
 
-def test_tokens_per_sec_is_each_runs_median_window_after_warmup(tmp_path):
-    sweep = _sweep(metrics=("val_loss", "tokens_per_sec"))
+def test_speeds_are_each_runs_median_window_and_run_info_fills_the_table(tmp_path):
+    sweep = _sweep(metrics=("val_loss", "tokens_per_sec", "ms_per_step", "trainable_params"))
     runs = ablate.expand(sweep, tmp_path)
-    for run, windows in zip(runs, ([5.0, 100.0, 200.0, 300.0], [5.0, 400.0, 500.0, 9000.0])):
+    for i, (run, windows) in enumerate(zip(runs, ([5.0, 100.0, 200.0, 300.0],
+                                                  [5.0, 400.0, 500.0, 9000.0]))):
         run.workdir.mkdir(parents=True)
         (run.workdir / "final.json").write_text(json.dumps(
-            {"val_loss": 1.0, "tokens_per_sec": windows[-1]}))
+            {"val_loss": 1.0, "tokens_per_sec": windows[-1], "ms_per_step": 1e3 / windows[-1]}))
         (run.workdir / "metrics.jsonl").write_text("".join(
-            json.dumps({"step": i, "tokens_per_sec": w}) + "\n" for i, w in enumerate(windows)))
+            json.dumps({"step": i, "tokens_per_sec": w, "ms_per_step": 1e3 / w}) + "\n"
+            for i, w in enumerate(windows)))
+        (run.workdir / "run_info.json").write_text(json.dumps(
+            {"method": "lora", "trainable_params": 100 * (i + 1), "adapters": True}))
     summary = ablate.summarise(runs, sweep.metrics)
     mean, std, n = summary["mha"]["tokens_per_sec"]  # seeds 0 and 1 of the first variant
     assert (mean, n) == (pytest.approx((200.0 + 500.0) / 2), 2)
+    assert summary["mha"]["ms_per_step"][0] == pytest.approx((1e3 / 200 + 1e3 / 500) / 2)
+    assert summary["mha"]["trainable_params"][0] == pytest.approx(150.0)
 
 
 PLAY = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n" * 6

@@ -57,7 +57,7 @@ def get_config():
                                                                        "min_lr": 2e-4}},
     ]
     sweep.seeds = (0, 1)
-    sweep.metrics = ("val_loss", "trainable_params", "opt_state_bytes", "ms_per_step")
+    sweep.metrics = ("val_loss", "trainable_params", "optimizer_state_bytes", "ms_per_step")
     sweep.evaluate = {"task": "dialogue", "data": "{outdir}/data/val.jsonl",
                       "max_examples": 64, "max_new_tokens": 100, "batch_size": 32}
     return sweep
