@@ -16,8 +16,9 @@ translation, dialogue), or max_new_tokens, and the output is scored against the 
                  single spaces), averaged over the examples, in percent
     translation  bleu, chrf: sacrebleu's corpus scores (0..100)
     completion, dialogue  chrf, bleu: a rough similarity of output and reference
-An example whose prompt plus max_new_tokens, or whose whole text, does not fit the model's
-context is skipped from every metric and counted ('skipped').
+An example whose whole text (prompt and reference) does not fit the model's context is skipped
+from every metric and counted ('skipped'); outputs stop at max_new_tokens or where the context
+ends, whichever comes first.
 """
 
 from __future__ import annotations
@@ -152,10 +153,10 @@ def _other_format(file: pathlib.Path, task: str) -> str:
     return ""
 
 
-def fits(example: Example, max_len: int, max_new_tokens: int) -> bool:
-    """Whether the example's prompt plus the budget, and its whole text, fit the context."""
-    return (0 < len(example.prompt_ids) and len(example.prompt_ids) + max_new_tokens <= max_len
-            and len(example.ids) <= max_len + 1)
+def fits(example: Example, max_len: int) -> bool:
+    """Whether the example's whole text fits the context (as training needs) and its prompt
+    leaves room for an output."""
+    return 0 < len(example.prompt_ids) < max_len and len(example.ids) <= max_len + 1
 
 
 # ---- answer loss -------------------------------------------------------------------------------
@@ -215,8 +216,12 @@ def generate_outputs(model, tokenizer, task: str, examples: Sequence[Example],
     outputs = []
     for start in range(0, len(examples), batch_size):
         batch = [e.prompt_ids for e in examples[start:start + batch_size]]
-        rows = generate(model, batch if len(batch) > 1 else batch[0], **options)
         width = max(map(len, batch))
+        # At most the room the context leaves after the longest prompt: every reference fits
+        # there, since each example fits whole.
+        budget = min(options["max_new_tokens"], model.cfg.max_len - width)
+        rows = generate(model, batch if len(batch) > 1 else batch[0],
+                        **{**options, "max_new_tokens": budget})
         stops = set(np.atleast_1d(options["eos_token_id"] or []).tolist())
         for row in np.asarray(rows):
             new = row[width:].tolist()
@@ -237,18 +242,17 @@ def evaluate(model, tokenizer, data, task: str, *, max_examples: int | None = No
                               "be positive")
     examples = read_task_file(data, task, tokenizer, max_examples)
     options = generation_options(model, tokenizer, task, options)
-    budget = options["max_new_tokens"]
-    kept = [e for e in examples if fits(e, model.cfg.max_len, budget)]
+    kept = [e for e in examples if fits(e, model.cfg.max_len)]
     skipped = len(examples) - len(kept)
     if not kept:
         raise EvaluationError(
             f"none of the {len(examples)} examples of {data} fits the model's "
-            f"{model.cfg.max_len}-token context with max_new_tokens={budget}; lower "
-            "max_new_tokens or give shorter examples")
+            f"{model.cfg.max_len}-token context (prompt and reference); give shorter examples "
+            "or a model with a longer context")
     if skipped:
-        logging.warning("%d of %d examples do not fit the model's %d-token context with "
-                        "max_new_tokens=%d and are skipped", skipped, len(examples),
-                        model.cfg.max_len, budget)
+        logging.warning("%d of %d examples do not fit the model's %d-token context (prompt "
+                        "and reference) and are skipped", skipped, len(examples),
+                        model.cfg.max_len)
     loss = answer_loss(model, kept, batch_size)
     outputs = generate_outputs(model, tokenizer, task, kept, options, batch_size)
     references = [e.reference for e in kept]

@@ -157,11 +157,13 @@ def test_examples_that_do_not_fit_are_skipped_and_counted(tmp_path):
     data = write_jsonl(tmp_path / "qa.jsonl", qa_examples(2) + [
         {"question": "word " * 120, "answer": "x"}])
     examples = ev.read_task_file(data, "qa", tokenizer)
-    prompt = len(examples[0].prompt_ids)
-    assert [ev.fits(e, 128, 128 - prompt) for e in examples] == [True, True, False]
-    assert not ev.fits(examples[0], 128, 129 - prompt)
-    with pytest.raises(ev.EvaluationError, match="none of the 3 examples .* max_new_tokens=120"):
-        ev.evaluate_checkpoint(TINY, data, "qa", max_new_tokens=120)
+    assert [ev.fits(e, 128) for e in examples] == [True, True, False]
+    whole = len(examples[0].ids)  # prompt + reference + eos, inputs and targets one apart
+    assert ev.fits(examples[0], whole - 1) and not ev.fits(examples[0], whole - 2)
+    assert not ev.fits(examples[0], len(examples[0].prompt_ids))  # no room for an output
+    long_only = write_jsonl(tmp_path / "long.jsonl", [{"question": "word " * 120, "answer": "x"}])
+    with pytest.raises(ev.EvaluationError, match="none of the 1 examples .* context"):
+        ev.evaluate_checkpoint(TINY, long_only, "qa")
 
 
 def test_ablation_sweep_tabulates_the_evaluated_metrics(qa_run, tmp_path):
