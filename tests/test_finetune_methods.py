@@ -113,7 +113,7 @@ def test_lora_starts_at_the_base_and_merges_into_base_plus_scaled_ba():
     np.testing.assert_allclose(merge_lora(model)(tokens), model(tokens), atol=2e-5)
 
 
-def test_lora_sharded_with_grad_accum_matches_one_device(fast_compiles):
+def test_lora_sharded_and_pmapped_with_grad_accum_matches_one_device(fast_compiles):
     section = dict(method="lora", lora_rank=4, lora_targets="all")
     batches = scaling.synthetic_batches(tiny(section), 3)
     one = scaling.run(tiny(section, grad_accum=2, mesh=dict(data=1)), batches,
@@ -121,6 +121,9 @@ def test_lora_sharded_with_grad_accum_matches_one_device(fast_compiles):
     run = scaling.run(tiny(section, grad_accum=2, mesh=dict(data=1, fsdp=2, tensor=4)), batches)
     np.testing.assert_allclose(run.losses, one.losses, atol=1e-5, rtol=0)
     assert len(set(np.round(run.losses, 6))) > 1
+    pmapped = scaling.run(tiny(section, grad_accum=2, mesh=dict(strategy="pmap")), batches,
+                          devices=jax.devices()[:4])  # adapters replicated, the batch split
+    np.testing.assert_allclose(pmapped.losses, one.losses, atol=1e-5, rtol=0)
     query = run.state.params["blocks"][0]["attn"]["query"]
     out = run.state.params["blocks"][0]["attn"]["out"]
     mesh = run.plan.mesh
