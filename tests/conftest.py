@@ -21,6 +21,22 @@ SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
 GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
 
 
+# The files that take longest, started first: with --dist loadfile a worker takes a whole file
+# at a time, so a long file collected last runs alone while the other worker idles. A file not
+# listed keeps its place after these; the order only schedules, it never changes a result.
+SLOW_FIRST = ("test_cli_errors.py", "test_training.py", "test_survive.py",
+              "test_finetune_methods.py", "test_chaos.py", "test_nonfinite.py", "test_shards.py",
+              "test_ablate.py", "test_evaluate.py", "test_finetune.py", "test_spikes.py",
+              "test_parallel.py", "test_multihost.py", "test_export.py", "test_model.py",
+              "test_generation.py", "test_interop.py", "test_bench_attention.py",
+              "test_packing.py", "test_train_steps.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file
+
+
 @pytest.fixture
 def shakespeare_path():
     if not SHAKESPEARE.exists():
