@@ -19,6 +19,7 @@ from gptjax.bench import scaling
 from gptjax.config import Config, ConfigError, default_config
 from gptjax.model.gpt import merge_lora, split
 from gptjax.training import finetune
+from gptjax.training.export import export
 from gptjax.training.loop import train
 from gptjax.training.optim import make_optimizer
 from gptjax.training.state import graphdef_of, init_state, path_name
@@ -208,6 +209,11 @@ def test_lora_run_checkpoints_adapters_resumes_bitwise_and_loads_merged(fast_com
     lora_model = nnx.merge(graphdef_of(lora_cfg.model), seen[4])
     tokens = jnp.asarray(batch_of(v=320)["inputs"])
     np.testing.assert_allclose(merged(tokens), lora_model(tokens), atol=1e-4)
+    # exported as a Hugging Face GPT-2 folder: the merged weights, no adapters
+    export(tmp_path / "straight", tmp_path / "hf")
+    exported = GPT.from_pretrained(tmp_path / "hf")
+    assert not exported.cfg.lora_rank
+    np.testing.assert_allclose(exported(tokens), merged(tokens), atol=1e-5)
 
     # another method's optimizer state would not fit: refused before anything compiles
     with pytest.raises(ConfigError, match=r"finetune.method: checkpoint 'lora', config 'bitfit'"):
