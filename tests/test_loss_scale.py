@@ -23,8 +23,9 @@ from gptjax.training.loop import train
 from gptjax.training.optim import make_optimizer
 from gptjax.training.state import graphdef_of, init_state
 
-# Far above float16's 65504: the logits' cotangent alone, scale x (p - y), overflows.
-HUGE = 2.0 ** 24
+# Far above float16's 65504: the logits' cotangent alone, scale / positions x (p - y), overflows
+# (at most 256 positions per device here).
+HUGE = 2.0 ** 32
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 20
@@ -171,17 +172,19 @@ def saved_states(workdir) -> dict:
             "state"] for s in m.all_steps()}
 
 
-def test_a_real_float16_overflow_halves_the_scale_skips_and_keeps_training(tmp_path):
+def test_a_real_float16_overflow_halves_the_scale_skips_and_keeps_training(tmp_path,
+                                                                            fast_compiles):
     final = train(run_config(tmp_path, train=dict(num_steps=40)), tmp_path / "run")
     rows = read_metrics(tmp_path / "run")
     assert final["step"] == 40 and [r["step"] for r in rows] == list(range(1, 41))
     overflows = [r["step"] for r in rows if r["overflow_steps"]]
-    # 2**24 down to float16's range: many skips in a row (at 2**17 and above each token's
-    # logit gradient alone overflows), none counted toward train.max_consecutive_skips=3
-    assert overflows[:8] == list(range(1, 9))
+    # 2**32 down to float16's range: many skips in a row (at 2**22 and above, each position's
+    # logit gradient, scale / 32 positions per device x ~0.98, overflows alone), none counted
+    # toward train.max_consecutive_skips=3
+    assert overflows[:11] == list(range(1, 12))
     assert all(r["skipped_steps"] for r in rows if r["overflow_steps"])
     scales = [r["loss_scale"] for r in rows]
-    assert scales[0] == HUGE / 2 and max(scales[8:]) <= 2.0 ** 17
+    assert scales[0] == HUGE / 2 and max(scales[11:]) <= 2.0 ** 22
     # after loss_scale_period=4 good steps in a row the scale doubles (and may overflow again)
     assert any(b == 2 * a for a, b in zip(scales, scales[1:]))
     trained = [r["train_loss"] for r in rows if not r["skipped_steps"]]
@@ -191,7 +194,7 @@ def test_a_real_float16_overflow_halves_the_scale_skips_and_keeps_training(tmp_p
         assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
 
 
-def test_a_float16_resume_is_bitwise(tmp_path):
+def test_a_float16_resume_is_bitwise(tmp_path, fast_compiles):
     cfg = run_config(tmp_path, train=dict(num_steps=16))
     train(cfg, tmp_path / "straight")
 
@@ -214,7 +217,8 @@ def test_a_float16_resume_is_bitwise(tmp_path):
 
 
 def test_a_float16_checkpoint_from_before_loss_scaling_restores_and_resumes(tmp_path,
-                                                                            monkeypatch):
+                                                                            monkeypatch,
+                                                                            fast_compiles):
     workdir = tmp_path / "run"
     with monkeypatch.context() as before:  # gptjax before loss scaling: float16 unscaled
         before.setattr(loss_scale, "enabled", lambda cfg: False)

@@ -2,8 +2,9 @@
 recipe of NVIDIA's apex/AMP and DeepMind jmp's DynamicLossScale, whose rule this is.
 
 float16 holds nothing above 65504 and flushes gradients below ~6e-8 to zero. The train step
-(gptjax.training.steps) multiplies each micro-batch's loss by a scale S before differentiating
-and divides the gradients by S after: small gradients survive the float16 backward pass. A step
+(gptjax.training.steps) multiplies each micro-batch's mean loss by a scale S before
+differentiating (relative to the mean, as AMP's: the same level whatever the batch size) and
+divides the gradients by S after, in float32: small gradients survive the float16 backward. A step
 whose gradients are not finite is skipped as any non-finite step is (params and optimizer state
 unchanged) and halves S, down to FLOOR; after optim.loss_scale_period finite steps in a row S
 doubles (unless that is not finite in float32). optim.loss_scale is the starting S.

@@ -178,7 +178,8 @@ def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | No
 
     def summed_gradients(params, frozen, scale, key, batch, axis=None):
         """(grads, ce, z, n): sums over `batch` (this device's slice when `axis` is named);
-        float16: the gradients of the loss times `scale`."""
+        float16: differentiated at `scale` times each micro-batch's mean loss, then unscaled."""
+        scale = scale / (batch["targets"].size // k) if scaled else scale
         if axis is not None:  # each device's slice of the batch gets its own dropout masks
             key = jax.random.fold_in(key, jax.lax.axis_index(axis))
         if k == 1:
@@ -201,6 +202,8 @@ def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | No
         if axis is not None:  # one flat buffer: a single all-reduce
             flat, unflatten = ravel_pytree((grads, ce, z, n))
             grads, ce, z, n = unflatten(jax.lax.psum(flat, axis))
+        if scaled:  # in float32, which holds what float16 did not
+            grads = jax.tree.map(lambda g: g / scale, grads)
         return grads, ce, z, n
 
     if data_mesh is not None:
@@ -217,8 +220,6 @@ def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | No
         grads, ce, z, n = summed_gradients(trainable, frozen, scale, key, batch)
         n = jnp.maximum(n, 1.0)
         grads, ce, z = jax.tree.map(lambda x: x / n, (grads, ce, z))
-        if scaled:  # a power of two: exact, unless the scaled gradient overflowed
-            grads = jax.tree.map(lambda g: g / scale, grads)
         grad_norm = optax.tree.norm(grads)  # once: the checks below and the clipping use it
         # A skipped step keeps the params and optimizer state bitwise as they were (the step
         # counter, hence data and dropout keys, moves on).
