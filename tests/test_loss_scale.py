@@ -8,6 +8,7 @@ resume is bitwise.
 import functools
 import json
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -89,10 +90,10 @@ def batch_of(seed):
 
 
 STRATEGIES = {
-    "jit_dp": (dict(data=8), {}, 8),  # on CPU devices: the flat all-reduce of training/cpu.py
     "pmap": (dict(strategy="pmap"), {}, 8),
-    "fsdp": (dict(data=1, fsdp=8), {}, 8),
-    "dp_grad_accum": (dict(data=4), dict(grad_accum=2), 4),
+    "fsdp": (dict(data=1, fsdp=8), {}, 8),  # jit shardings
+    # on CPU devices: the flat all-reduce of training/cpu.py, and micro-batches
+    "cpu_dp_grad_accum": (dict(data=4), dict(grad_accum=2), 4),
 }
 
 
@@ -172,11 +173,18 @@ def saved_states(workdir) -> dict:
             "state"] for s in m.all_steps()}
 
 
-def test_a_real_float16_overflow_halves_the_scale_skips_and_keeps_training(tmp_path,
-                                                                            fast_compiles):
-    final = train(run_config(tmp_path, train=dict(num_steps=40)), tmp_path / "run")
-    rows = read_metrics(tmp_path / "run")
-    assert final["step"] == 40 and [r["step"] for r in rows] == list(range(1, 41))
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, fast_compiles):
+    """A 40-step float16 run from a starting scale far above float16's range: its workdir."""
+    tmp = tmp_path_factory.mktemp("float16")
+    final = train(run_config(tmp, train=dict(num_steps=40)), tmp / "run")
+    assert final["step"] == 40
+    return tmp / "run"
+
+
+def test_a_real_float16_overflow_halves_the_scale_skips_and_keeps_training(straight):
+    rows = read_metrics(straight)
+    assert [r["step"] for r in rows] == list(range(1, 41))
     overflows = [r["step"] for r in rows if r["overflow_steps"]]
     # 2**32 down to float16's range: many skips in a row (at 2**22 and above, each position's
     # logit gradient, scale / 32 positions per device x ~0.98, overflows alone), none counted
@@ -189,15 +197,12 @@ def test_a_real_float16_overflow_halves_the_scale_skips_and_keeps_training(tmp_p
     assert any(b == 2 * a for a, b in zip(scales, scales[1:]))
     trained = [r["train_loss"] for r in rows if not r["skipped_steps"]]
     assert len(trained) >= 20 and trained[-1] < trained[0] - 0.3
-    for step, state in saved_states(tmp_path / "run").items():
+    for step, state in saved_states(straight).items():
         assert float(state["loss_scale"]["scale"]) == scales[step - 1]
         assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
 
 
-def test_a_float16_resume_is_bitwise(tmp_path, fast_compiles):
-    cfg = run_config(tmp_path, train=dict(num_steps=16))
-    train(cfg, tmp_path / "straight")
-
+def test_a_float16_resume_is_bitwise(straight, tmp_path):
     class Stop(Exception):
         pass
 
@@ -205,37 +210,48 @@ def test_a_float16_resume_is_bitwise(tmp_path, fast_compiles):
         if step == 12:  # after step 10's checkpoint, within the scale's search
             raise Stop
 
+    cfg = run_config(straight.parent, train=dict(num_steps=40))
     with pytest.raises(Stop):
         train(cfg, tmp_path / "resumed", callbacks=[stop_at_12])
     train(cfg, tmp_path / "resumed")
-    a, b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    a, b = read_metrics(straight), read_metrics(tmp_path / "resumed")
     keys = ("train_loss", "grad_norm", "loss_scale", "skipped_steps", "overflow_steps")
     assert [{k: r[k] for k in keys} for r in a] == [{k: r[k] for k in keys} for r in b]
-    x, y = saved_states(tmp_path / "straight")[16], saved_states(tmp_path / "resumed")[16]
+    x, y = saved_states(straight)[40], saved_states(tmp_path / "resumed")[40]
     for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y)):
         assert u.tobytes() == v.tobytes()
 
 
-def test_a_float16_checkpoint_from_before_loss_scaling_restores_and_resumes(tmp_path,
-                                                                            monkeypatch,
-                                                                            fast_compiles):
-    workdir = tmp_path / "run"
-    with monkeypatch.context() as before:  # gptjax before loss scaling: float16 unscaled
-        before.setattr(loss_scale, "enabled", lambda cfg: False)
-        train(run_config(tmp_path, optim=dict(loss_scale=64.0), train=dict(num_steps=5)),
-              workdir)
-    assert "loss_scale" not in saved_states(workdir)[5]
-    assert "loss_scale" not in read_metrics(workdir)[-1]
-    _, params = load_params(workdir)  # generate's path reads it too
+def without_loss_scale(workdir, step: int) -> None:
+    """Rewrite checkpoint `step`'s state as gptjax wrote it before loss scaling: no loss_scale
+    child (TrainState's other children, in their order, exactly as they were)."""
+    state = pathlib.Path(workdir).absolute() / "checkpoints" / str(step) / "state"
+    with ocp.StandardCheckpointer() as c:
+        tree = c.restore(state)
+    del tree["loss_scale"]
+    shutil.rmtree(state)
+    with ocp.StandardCheckpointer() as c:
+        c.save(state, tree)
+
+
+def test_a_float16_checkpoint_from_before_loss_scaling_restores_and_resumes(straight, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(straight, old)
+    without_loss_scale(old, 40)
+    assert "loss_scale" not in saved_states(old)[40]
+    _, params = load_params(old)  # generate's path reads it
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+    train(run_config(straight.parent, optim=dict(loss_scale=64.0), train=dict(num_steps=44)),
+          old)
+    rows = read_metrics(old)
+    assert [r["step"] for r in rows] == list(range(1, 45))
+    assert rows[40]["loss_scale"] in (64.0, 32.0)  # started at optim.loss_scale
+    assert "loss_scale" in saved_states(old)[44]
 
-    train(run_config(tmp_path, optim=dict(loss_scale=64.0), train=dict(num_steps=10)), workdir)
-    rows = read_metrics(workdir)
-    assert [r["step"] for r in rows] == list(range(1, 11))
-    assert rows[5]["loss_scale"] in (64.0, 32.0)  # started at optim.loss_scale
-    assert "loss_scale" in saved_states(workdir)[10]
 
-    # model.dtype may change on resume: float32 drops the scale, float16 finds it again
-    train(run_config(tmp_path, model=dict(dtype="float32"), train=dict(num_steps=15)), workdir)
-    assert "loss_scale" not in saved_states(workdir)[15]
-    assert "loss_scale" not in read_metrics(workdir)[-1]
+def test_a_resume_may_change_the_dtype_and_the_loss_scale_follows(straight, tmp_path):
+    shutil.copytree(straight, tmp_path / "run")
+    train(run_config(straight.parent, model=dict(dtype="float32"), train=dict(num_steps=44)),
+          tmp_path / "run")
+    assert "loss_scale" not in saved_states(tmp_path / "run")[44]
+    assert "loss_scale" not in read_metrics(tmp_path / "run")[-1]
