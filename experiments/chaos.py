@@ -40,11 +40,13 @@ TINY = ["--config.model.num_layers=2", "--config.model.d_model=64", "--config.mo
         "--config.model.dropout=0.1",  # the per-step dropout keys must resume exactly too
         "--config.train.log_every=1", "--config.train.eval_steps=2",
         "--config.train.sample_tokens=0", "--config.mesh.cpu_devices=0"]
-# float16 with dynamic loss scaling (gptjax.training.loss_scale), nothing injected: from the
-# default starting scale, 2**15, the first steps' scaled gradients overflow float16; each is
+# float16 with dynamic loss scaling (gptjax.training.loss_scale), nothing injected. From the
+# default 2**15 this model never overflows (the scale doubled to 2**19 in 200 steps at period 50,
+# losses as float32's); from 2**30 the first steps' scaled gradients overflow float16, each is
 # skipped and halves the scale, and the run trains on. A short loss_scale_period doubles the
-# scale every 50 good steps, so it climbs back into overflow mid-run and is halved again.
-FLOAT16 = ["--config.model.dtype=float16", "--config.optim.loss_scale_period=50"]
+# scale every 25 good steps, so it climbs back to float16's ceiling mid-run and is halved again.
+FLOAT16 = ["--config.model.dtype=float16", "--config.optim.loss_scale=1073741824",
+           "--config.optim.loss_scale_period=25"]
 
 
 def command(out: pathlib.Path, steps: int, *extra: str) -> list[str]:
