@@ -313,8 +313,9 @@ GUARANTEES = [
      'training, ::test_an_overflowing_float16_step_is_skipped_and_halves_the_scale, '
      '::test_the_scale_halves_on_overflow_and_doubles_after_period_finite_steps, '
      '::test_a_float16_resume_is_bitwise, '
-     '::test_a_float16_checkpoint_from_before_loss_scaling_restores_and_resumes; the chaos '
-     'run (float16)'),
+     '::test_a_float16_checkpoint_from_before_loss_scaling_restores_and_resumes, '
+     '::test_a_resume_may_change_the_dtype_and_the_loss_scale_follows; the chaos run '
+     '(float16)'),
     ('With `train.skip_spikes` (off by default), a step whose loss or gradient norm is '
      'above the mean + `train.spike_threshold` (6) standard deviations of the last '
      '`train.spike_window` (100) finite steps is skipped the same way, counted as '
