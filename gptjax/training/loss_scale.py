@@ -10,15 +10,15 @@ unchanged) and halves S, down to FLOOR; after optim.loss_scale_period finite ste
 doubles (unless that is not finite in float32). optim.loss_scale is the starting S.
 
 A skip that halved S is counted as `overflow_steps` (and in `skipped_steps`) but not toward
-train.max_consecutive_skips (gptjax.training.skips): it is the scale finding its level, and
-at 2**15 the first steps of a run often overflow. Once S is at FLOOR, halving cannot help, and a
-skip counts: a run whose float16 values overflow with no scaling at all still stops.
+train.max_consecutive_skips (gptjax.training.skips): it is the scale finding its level, and a
+scale started too high overflows for many steps in a row. Once S is at FLOOR, halving cannot
+help, and a skip counts: a run whose float16 values overflow unscaled (its forward pass) stops.
 
 The state is a small pytree in TrainState.loss_scale, present only for float16 runs, so
 float32 and bfloat16 states and checkpoints are exactly as before; a float16 checkpoint written
 before loss scaling (or a run resumed in float16 from another dtype) starts at optim.loss_scale.
 Written here, not taken from jmp: jmp's last release (0.0.4) is from January 2023 and its code
-has not changed since; the rule is the twenty lines of `adjust`.
+has not changed since, and optax has no loss scaling; the rule is `adjust`'s ten lines.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from absl import logging
 from gptjax.config import Config
 
 FLOOR = 1.0  # the smallest scale: below it scaling would shrink the gradients instead
-FACTOR = 2.0  # a power of two: scaling and unscaling are exact
+FACTOR = 2.0  # a power of two: halving and doubling are exact
 
 
 def enabled(cfg: Config) -> bool:

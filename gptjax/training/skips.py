@@ -79,7 +79,7 @@ def error(guard: SkipGuard, step: int, checkpoint: str | None, config) -> NonFin
         f"update applied was step {guard.last_applied}; {saved}. Likely causes: a learning "
         f"rate too high (optim.lr={config.optim.lr:g}: lower it or lengthen "
         f"optim.warmup_steps={config.optim.warmup_steps}), float16 overflow (model.dtype="
-        f"{model.dtype}{', its loss scale at its floor of 1' if model.dtype == 'float16' else ''}"
+        f"{model.dtype}{' even at a loss scale of 1' if model.dtype == 'float16' else ''}"
         ": use bfloat16 or float32), or bad data. Fix it and run the same command "
         "to resume from the newest checkpoint (or raise train.max_consecutive_skips; 0 never "
         "stops).")
