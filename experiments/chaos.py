@@ -40,14 +40,13 @@ TINY = ["--config.model.num_layers=2", "--config.model.d_model=64", "--config.mo
         "--config.model.dropout=0.1",  # the per-step dropout keys must resume exactly too
         "--config.train.log_every=1", "--config.train.eval_steps=2",
         "--config.train.sample_tokens=0", "--config.mesh.cpu_devices=0"]
-# float16 at a high learning rate: the weights grow until a step overflows. Tried at lr 0.1 (no
-# overflow in 80 steps), 0.2, 0.3, 1 (first overflow at steps ~69, 53, 23): once one step
-# overflows every later batch does too (a skipped step keeps the weights that overflowed), so
-# the run skips 10 in a row and stops. Resumed with a lower lr alone it overflows again (the
-# newest checkpoint's weights are those of the step before the overflow); with the fix the
-# error names first, float32 (a dtype change resumes), it trains on to the end.
-FLOAT16 = ["--config.model.dtype=float16", "--config.optim.lr=0.3"]
-FLOAT16_FIX = ["--config.model.dtype=float32", "--config.optim.lr=0.1"]
+# float16 with dynamic loss scaling (gptjax.training.loss_scale), nothing injected. From the
+# default 2**15 this model never overflows (the scale doubled to 2**19 in 200 steps at period 50,
+# losses as float32's); from 2**30 the first steps' scaled gradients overflow float16, each is
+# skipped and halves the scale, and the run trains on. A short loss_scale_period doubles the
+# scale every 25 good steps, so it climbs back to float16's ceiling mid-run and is halved again.
+FLOAT16 = ["--config.model.dtype=float16", "--config.optim.loss_scale=1073741824",
+           "--config.optim.loss_scale_period=25"]
 
 
 def command(out: pathlib.Path, steps: int, *extra: str) -> list[str]:
@@ -106,28 +105,25 @@ def sigterm_phase(out, env) -> dict:
 
 
 def nonfinite_phase(out, env) -> dict:
-    """lr=1e30 must stop with one error line and no non-finite checkpoint; float16 at a high
-    learning rate must skip its overflowing steps (see FLOAT16), keep its checkpoints finite,
-    and train on once resumed with a lower learning rate."""
+    """lr=1e30 must stop with one error line and no non-finite checkpoint."""
     huge = chaos.failing_run(command(out, FLAGS.steps, "--config.optim.lr=1e30"),
                              out / "lr1e30", env)
     read, bad = chaos.non_finite(out / "lr1e30")
     if huge["code"] == 0 or len(huge["error"]) != 1 or huge["traceback"] or bad:
         raise chaos.ChaosError(f"lr=1e30: {huge}, non-finite arrays {bad[:3]}")
-    half = chaos.failing_run(command(out, FLAGS.steps, *FLOAT16), out / "float16", env)
-    skipped = chaos.skipped_steps(out / "float16")
-    read16, bad16 = chaos.non_finite(out / "float16")
-    if not skipped or skipped[0] < 2 or bad16 or (half["code"] == 0) == (len(skipped) >= 10):
-        raise chaos.ChaosError(f"float16: {half}, skipped {skipped}, non-finite {bad16[:3]}")
-    fixed = chaos.failing_run(command(out, FLAGS.steps, *FLOAT16, *FLOAT16_FIX),
-                              out / "float16", env)
-    if fixed["code"] != 0 or chaos.last_step(out / "float16") != FLAGS.steps:
-        raise chaos.ChaosError(f"float16, resumed with {FLOAT16_FIX}: {fixed}")
-    return dict(lr_error=huge["error"][0], lr_checkpoints=read, float16_skipped=skipped,
-                float16_error=(half["error"] or [""])[0], float16_checkpoints=read16,
-                float16_fix=" ".join(FLOAT16_FIX),
-                float16_fixed=dict(code=fixed["code"], error=fixed["error"],
-                                   last=chaos.last_step(out / "float16")))
+    return dict(lr_error=huge["error"][0], lr_checkpoints=read)
+
+
+def float16_phase(out, env, float32_run: pathlib.Path) -> dict:
+    """float16 (see FLOAT16) must overflow for real, skip exactly the steps whose overflow
+    halved the loss scale, train on to its last step with finite checkpoints, and end near
+    `float32_run`'s loss (the same command in float32)."""
+    run = chaos.failing_run(command(out, FLAGS.steps, *FLOAT16), out / "float16", env)
+    figures = chaos.float16_figures(out / "float16", float32_run)
+    if (run["code"] != 0 or figures["last"] != FLAGS.steps or not figures["overflows"]
+            or figures["skipped"] != figures["overflows"] or figures["non_finite"]):
+        raise chaos.ChaosError(f"float16: {run}, {figures}")
+    return dict(float16=figures)
 
 
 def bad_inputs_phase(out: pathlib.Path) -> dict:
@@ -166,6 +162,7 @@ def main(argv):
                        "--config.mesh.data=1", "--config.mesh.fsdp=8")
     figures = dict(single=single, fsdp=fsdp, **sigterm_phase(out, environment(out, 1)),
                    **nonfinite_phase(out, environment(out, 1)),
+                   **float16_phase(out, environment(out, 1), out / "single_straight"),
                    bad=bad_inputs_phase(out) if FLAGS.bad_inputs else None,
                    seconds=time.monotonic() - t0, cpu=cpu_model(),
                    date=datetime.date.today().isoformat(),

@@ -204,6 +204,10 @@ class OptimConfig:
     z_loss: float = 0.0
     decay_embeddings: bool = False  # also weight-decay token/position embeddings (nanoGPT does)
     wsd_decay_fraction: float = 0.2  # schedule='wsd': the last fraction of decay_steps decays
+    # model.dtype='float16' only: dynamic loss scaling (gptjax.training.loss_scale) starts the
+    # scale here, halves it on every overflowing step, doubles it after this many good steps.
+    loss_scale: float = 2.0 ** 15
+    loss_scale_period: int = 2000
 
     def validate(self) -> None:
         _require_finite(self, "optim")
@@ -231,6 +235,13 @@ class OptimConfig:
             _fail("optim.grad_accum", self.grad_accum, "must be an integer >= 1")
         if self.z_loss < 0:
             _fail("optim.z_loss", self.z_loss, "must be non-negative")
+        if self.loss_scale < 1.0:
+            _fail("optim.loss_scale", self.loss_scale, "must be >= 1 (float16's starting loss "
+                  "scale, e.g. 32768)")
+        if (not isinstance(self.loss_scale_period, int)
+                or isinstance(self.loss_scale_period, bool) or self.loss_scale_period < 1):
+            _fail("optim.loss_scale_period", self.loss_scale_period,
+                  "must be an integer >= 1 (finite steps in a row before the loss scale doubles)")
 
     def __post_init__(self):
         self.validate()

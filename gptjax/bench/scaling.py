@@ -14,7 +14,7 @@ from gptjax.config import ConfigError, MeshConfig
 from gptjax.parallel.sharding import device_bytes
 from gptjax.parallel.strategy import Plan, make_plan
 from gptjax.training.optim import make_optimizer
-from gptjax.training import finetune
+from gptjax.training import finetune, loss_scale
 from gptjax.training.state import graphdef_of, init_state
 from gptjax.training.steps import train_step_fn
 
@@ -53,7 +53,7 @@ def run(config, batches, *, devices=None, plan: Plan | None = None) -> Run:
     plan = plan or make_plan(config, devices=devices)
     tx, schedule = make_optimizer(config.optim, config.train.num_steps)
     state = plan.init(init_state, config.model, tx, config.train.seed,
-                       finetune.trainable(config))
+                       finetune.trainable(config), None, loss_scale.init(config))
     step = plan.compile_train(train_step_fn(config, graphdef_of(config.model), tx, schedule,
                                             axis_name=plan.axis_name), state)
     batches = [plan.put_batch(process_rows(b)) for b in batches]

@@ -33,7 +33,7 @@ from gptjax.config import Config
 from gptjax.parallel import make_plan
 from gptjax.training.loop import train
 from gptjax.training.optim import make_optimizer
-from gptjax.training import finetune
+from gptjax.training import finetune, loss_scale
 from gptjax.training.state import graphdef_of, init_state
 from gptjax.training.steps import compile_train_step
 
@@ -46,7 +46,7 @@ def step_throughput(cfg: Config, *, steps: int = 100, repeats: int = 3) -> dict[
     plan = make_plan(cfg)
     tx, schedule = make_optimizer(cfg.optim, cfg.train.num_steps)
     init = functools.partial(init_state, cfg.model, tx, cfg.train.seed,
-                             finetune.trainable(cfg))
+                             finetune.trainable(cfg), loss_scale=loss_scale.init(cfg))
     abstract = jax.eval_shape(init)
     step = compile_train_step(cfg, plan, graphdef_of(cfg.model), tx, schedule, abstract,
                               plan.shardings(abstract))

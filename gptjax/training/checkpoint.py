@@ -10,6 +10,8 @@ unfinished temporary directory (ignored, then cleaned up, by the next start). A 
 no longer restores (a truncated or deleted file) is renamed `<step>.corrupt`, with one warning,
 and the newest readable one restored instead; a save that fails (a full disk) raises
 CheckpointError naming the directory and the errno, the earlier checkpoints untouched.
+A restore reads float16's loss scale where the checkpoint holds one, and leaves it None where it
+does not (written before loss scaling, or in another dtype): gptjax.training.loss_scale fills it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Mapping
 
 import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
@@ -30,7 +33,7 @@ from flax import nnx
 from gptjax.config import Config, ConfigError
 from gptjax.interop import register_format
 from gptjax.model.gpt import merge_lora, repad_vocab
-from gptjax.training import finetune, spikes
+from gptjax.training import finetune, loss_scale, spikes
 from gptjax.training.optim import make_optimizer
 from gptjax.training.state import graphdef_of, init_state
 
@@ -173,10 +176,11 @@ class Checkpoints:
     def restore(self, step: int, abstract_state, data_iterator):
         """The state saved at `step`, laid out as `abstract_state` (ShapeDtypeStructs with
         shardings); `data_iterator` is moved to the saved position in place."""
+        held = holds_loss_scale(self.manager, step)
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
+            state=ocp.args.StandardRestore(fit_loss_scale(abstract_state, held)),
             data=grain.checkpoint.CheckpointRestore(data_iterator)))
-        return restored["state"]
+        return fitted(restored["state"], abstract_state)
 
     def restore_newest(self, abstract_state, data_iterator, newest: int):
         """(step, state) of the newest checkpoint at or below `newest` that restores; each
@@ -230,6 +234,32 @@ class _WriteErrors:
             "run the same command to resume.") from e
 
 
+def holds_loss_scale(manager, step: int) -> bool:
+    """Whether checkpoint `step`'s state holds a loss scale (float16 runs since loss scaling)."""
+    return "loss_scale" in manager.item_metadata(step)["state"]
+
+
+def fit_loss_scale(target, held: bool):
+    """`target` (a TrainState of ShapeDtypeStructs) with a loss scale exactly where the
+    checkpoint holds one (`held`): model.dtype may change on resume, and older float16
+    checkpoints have none."""
+    if (target.loss_scale is not None) == held:
+        return target
+    if not held:
+        return target.replace(loss_scale=None)
+    sharding = target.step.sharding  # a replicated scalar, as the loss scale's leaves are
+    return target.replace(loss_scale={
+        "scale": jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding),
+        "good_steps": jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding)})
+
+
+def fitted(state, target):
+    """A restored state without the loss scale `target` has no place for (a float16 checkpoint
+    resumed in another dtype); one that `target` wants but the checkpoint lacked stays None
+    (gptjax.training.loss_scale.fill_missing)."""
+    return state.replace(loss_scale=None) if target.loss_scale is None else state
+
+
 def abstract_with_sharding(abstract_state, shardings):
     """ShapeDtypeStructs carrying the shardings a restored state should have."""
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -259,14 +289,16 @@ def load_params(workdir: str | os.PathLike, step: int | None = None):
     tx, _ = make_optimizer(cfg.optim, cfg.train.num_steps)
     abstract = jax.eval_shape(lambda: init_state(cfg.model, tx, cfg.train.seed,
                                                  finetune.trainable(cfg),
-                                                 spikes.init(cfg.train)))
+                                                 spikes.init(cfg.train), loss_scale.init(cfg)))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = abstract_with_sharding(abstract, jax.tree.map(lambda _: device, abstract))
     manager = ocp.CheckpointManager(ckpt_dir.absolute(),
                                     item_handlers={"state": ocp.StandardCheckpointHandler()})
     try:
+        target = fit_loss_scale(finetune.saved_state(cfg, abstract),
+                                holds_loss_scale(manager, step))
         state = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(finetune.saved_state(cfg, abstract))))["state"]
+            state=ocp.args.StandardRestore(target)))["state"]
     finally:
         manager.close()
     return cfg, finetune.with_base(cfg, state, abstract).params  # LoRA: the base from init_from

@@ -28,9 +28,10 @@ def data_parallel_mesh(plan):
 
 
 def per_device_gradients(summed_gradients, mesh):
-    """summed_gradients(params, frozen, key, batch, axis=None), run on each device's rows of
-    the batch; it sums over `axis` itself (one flat buffer, see gptjax.training.steps)."""
+    """summed_gradients(params, frozen, scale, key, batch, axis=None), run on each device's
+    rows of the batch; it sums over `axis` itself (one flat buffer, see gptjax.training.steps)."""
     return jax.shard_map(
         functools.partial(summed_gradients, axis=AXIS), mesh=mesh,
-        in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), PartitionSpec(AXIS)),
+        in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), PartitionSpec(),
+                  PartitionSpec(AXIS)),
         out_specs=PartitionSpec(), check_vma=False)

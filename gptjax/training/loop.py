@@ -40,7 +40,7 @@ from gptjax.model import positions
 from gptjax.model.kernels import check_available
 from gptjax.parallel import make_plan, vocab_shards
 from gptjax.training import checkpoint as ckpt_lib
-from gptjax.training import finetune, host, pretrained, skips, spikes
+from gptjax.training import finetune, host, loss_scale, pretrained, skips, spikes
 from gptjax.training import metrics as metrics_lib
 from gptjax.training import optim
 from gptjax.training.optim import make_optimizer
@@ -216,7 +216,7 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
     graphdef = graphdef_of(cfg.model)
     trainable = finetune.trainable(cfg)
     init = functools.partial(init_state, cfg.model, tx, cfg.train.seed, trainable,
-                             spikes.init(cfg.train))
+                             spikes.init(cfg.train), loss_scale.init(cfg))
     abstract = jax.eval_shape(init)
     check_trainable(abstract.params, trainable)
     state_sharding = plan.shardings(abstract)
@@ -238,7 +238,7 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
         if found is None:
             raise ckpt_lib.CheckpointError(_no_readable_checkpoint(workdir))
         start, state = found
-        state = finetune.with_base(cfg, state, target)
+        state = loss_scale.fill_missing(finetune.with_base(cfg, state, target), cfg, target)
         logging.info("Resuming %s from step %d", workdir, start)
     writer = metrics_lib.MetricWriter(workdir, resume_step=start, enabled=is_main)
     sampling = _sampling(cfg, data.tokenizer)
@@ -339,7 +339,8 @@ def _fresh_state(cfg: Config, plan, tx, init, target, workdir) -> TrainState:
     shardings = jax.tree.map(lambda x: x.sharding, target)
     return jax.jit(functools.partial(state_from_params, tx=tx, seed=cfg.train.seed,
                                      trainable=target.trainable,
-                                     spikes=spikes.init(cfg.train)),
+                                     spikes=spikes.init(cfg.train),
+                                     loss_scale=loss_scale.init(cfg)),
                    out_shardings=shardings)(params)
 
 
@@ -464,10 +465,13 @@ def default_actions(tcfg) -> list[Action]:
 def log_window(run: Run, step: int, row: dict) -> None:
     """The logging window's averages and speed into the row, the log and the progress bar."""
     row.update(run.meter.read())
-    logging.info("step %d | loss %.4f | lr %.3e | grad norm %.3f%s%s%s%s", step,
+    logging.info("step %d | loss %.4f | lr %.3e | grad norm %.3f%s%s%s%s%s%s", step,
                  row["train_loss"], row["lr"], row["grad_norm"],
+                 f" | loss scale {row['loss_scale']:g}" if "loss_scale" in row else "",
                  f" | skipped {row['skipped_steps']:.0f}" if row.get("skipped_steps") else "",
                  f" ({row['spike_steps']:.0f} spikes)" if row.get("spike_steps") else "",
+                 f" ({row['overflow_steps']:.0f} overflows)" if row.get("overflow_steps")
+                 else "",
                  f" | {row['tokens_per_sec']:,.0f} tok/s" if "tokens_per_sec" in row else "",
                  f" | MFU {100 * row['mfu']:.1f}%" if "mfu" in row else "")
     run.pbar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
@@ -532,11 +536,13 @@ def record_row(run: Run, step: int, row: dict) -> None:
 
 
 def stop_on_skips(run: Run, step: int, row: dict) -> None:
-    """Raise skips.NonFiniteError once train.max_consecutive_skips steps in a row were skipped;
-    before a checkpoint it reads this step's flag too, so no save follows the limit."""
+    """Raise skips.NonFiniteError once train.max_consecutive_skips steps in a row were skipped
+    (float16 overflows that halved the loss scale not counted); before a checkpoint it reads
+    this step's flags too, so no save follows the limit."""
     tcfg = run.cfg.train
     last = step == tcfg.num_steps
-    stop = run.skip_guard.observe(step, run.metrics["skipped_steps"],
+    flags = {k: run.metrics[k] for k in ("skipped_steps", "overflow_steps") if k in run.metrics}
+    stop = run.skip_guard.observe(step, flags,
                                   wait=every(tcfg.checkpoint_every)(step, last))
     if stop is None:
         return

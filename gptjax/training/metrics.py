@@ -68,8 +68,9 @@ def flops_per_token(n_matmul_params: int, cfg: ModelConfig, seq_len: int) -> flo
 # How the train step's metrics enter metrics.jsonl: every one is averaged over the logging window
 # under its own name, except these. The columns lead with loss and lr, as they always have.
 ROW_NAMES = {"loss": "train_loss"}
-LAST_VALUE = frozenset({"lr"})  # a schedule's value: the window's last, not its mean
-SUMMED = frozenset({"skipped_steps", "spike_steps"})  # counts: the window's total, not its mean
+LAST_VALUE = frozenset({"lr", "loss_scale"})  # a current value: the window's last, not its mean
+# counts: the window's total, not its mean
+SUMMED = frozenset({"skipped_steps", "spike_steps", "overflow_steps"})
 FIRST_COLUMNS = ("loss", "lr")
 
 

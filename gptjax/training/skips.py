@@ -11,7 +11,10 @@ Not optax.apply_if_finite itself: it looks at the gradients only, and its counte
 optimizer state would change the checkpoints' structure (older checkpoints must still load).
 The count of skips in a row starts afresh when a run resumes. Loss spikes skipped under
 train.skip_spikes (gptjax.training.spikes) count as skips too: a spike regime that lasts
-stops the run rather than skipping every step.
+stops the run rather than skipping every step. A float16 step whose overflow halved the loss
+scale (`overflow_steps`, gptjax.training.loss_scale) is skipped but counts neither way: it
+neither adds to the skips in a row nor ends them (no update was applied). Once the scale is at
+its floor, an overflowing step is an ordinary skip.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ class NonFiniteError(RuntimeError):
 
 @dataclasses.dataclass
 class SkipGuard:
-    """Counts skipped steps in a row from the steps' `skipped_steps` flags (device scalars).
+    """Counts skipped steps in a row from the steps' flags: {'skipped_steps', and for float16
+    'overflow_steps'} (device scalars); a skip that halved the loss scale is not counted.
 
     Flags are read once their step has finished, so the host keeps running one step ahead of
     the device; `observe(..., wait=True)` reads the newest one too (before a checkpoint).
@@ -39,17 +43,19 @@ class SkipGuard:
     streak: int = 0  # skipped steps in a row, up to the newest flag read
     unread: list = dataclasses.field(default_factory=list)  # [(step, flag)] not yet read
 
-    def observe(self, step: int, flag, *, wait: bool) -> int | None:
-        """Add step's flag and read the finished ones (all of them when `wait`): the step at
+    def observe(self, step: int, flags: dict, *, wait: bool) -> int | None:
+        """Add step's flags and read the finished ones (all of them when `wait`): the step at
         which the skips in a row reached the limit, or None."""
-        self.unread.append((step, flag))
+        self.unread.append((step, flags))
         ready = self.unread if wait else self.unread[:-1]
         if not ready:
             return None
         values = jax.device_get([f for _, f in ready])
         self.unread = self.unread[len(ready):]
         for (s, _), value in zip(ready, values):
-            if np.max(value) > 0:  # pmap: one copy per device, all equal
+            if np.max(value.get("overflow_steps", 0)) > 0:  # the loss scale was halved
+                continue
+            if np.max(value["skipped_steps"]) > 0:  # pmap: one copy per device, all equal
                 self.streak += 1
             else:
                 self.streak, self.last_applied = 0, s
@@ -73,6 +79,7 @@ def error(guard: SkipGuard, step: int, checkpoint: str | None, config) -> NonFin
         f"update applied was step {guard.last_applied}; {saved}. Likely causes: a learning "
         f"rate too high (optim.lr={config.optim.lr:g}: lower it or lengthen "
         f"optim.warmup_steps={config.optim.warmup_steps}), float16 overflow (model.dtype="
-        f"{model.dtype}: use bfloat16 or float32), or bad data. Fix it and run the same command "
+        f"{model.dtype}{' even at a loss scale of 1' if model.dtype == 'float16' else ''}"
+        ": use bfloat16 or float32), or bad data. Fix it and run the same command "
         "to resume from the newest checkpoint (or raise train.max_consecutive_skips; 0 never "
         "stops).")

@@ -28,6 +28,8 @@ class TrainState:
     trainable: str | None = None  # static, not a leaf; None: all
     # train.skip_spikes' running statistics (gptjax.training.spikes); None when off
     spikes: Any = None
+    # float16's dynamic loss scale (gptjax.training.loss_scale); None for other dtypes
+    loss_scale: Any = None
 
     def partition(self):
         """(trainable params, frozen params): two nnx.States; nnx.merge_state joins them."""
@@ -38,20 +40,21 @@ class TrainState:
 
 
 _CHILDREN = ("params", "opt_state", "step", "rng")
+_OPTIONAL = ("spikes", "loss_scale")
 
 
 def _flatten(state: TrainState):
-    # `spikes` is a child only when present: with skip_spikes off the pytree (and so an orbax
-    # checkpoint's tree) is exactly the one written before spike skipping existed.
-    names = _CHILDREN + (("spikes",) if state.spikes is not None else ())
-    return ([(jax.tree_util.GetAttrKey(n), getattr(state, n)) for n in names],
-            (state.trainable, state.spikes is not None))
+    # `spikes` and `loss_scale` are children only when present: without skip_spikes and float16
+    # the pytree (and so an orbax checkpoint's tree) is exactly the one written before either
+    # feature existed.
+    present = tuple(n for n in _OPTIONAL if getattr(state, n) is not None)
+    return ([(jax.tree_util.GetAttrKey(n), getattr(state, n)) for n in _CHILDREN + present],
+            (state.trainable, present))
 
 
 def _unflatten(aux, children) -> TrainState:
-    trainable, has_spikes = aux
-    return TrainState(*children[:4], trainable=trainable,
-                      spikes=children[4] if has_spikes else None)
+    trainable, present = aux
+    return TrainState(*children[:4], trainable=trainable, **dict(zip(present, children[4:])))
 
 
 jax.tree_util.register_pytree_with_keys(TrainState, _flatten, _unflatten)
@@ -88,21 +91,22 @@ def graphdef_of(cfg: ModelConfig):
 
 
 def init_state(cfg: ModelConfig, tx, seed: int, trainable: str | None = None,
-               spikes=None) -> TrainState:
+               spikes=None, loss_scale=None) -> TrainState:
     """A fresh state: GPT(cfg, rngs=nnx.Rngs(seed)) params, optimizer state, step 0; `spikes`:
-    empty spike statistics (gptjax.training.spikes.init) or None.
+    empty spike statistics (gptjax.training.spikes.init) or None; `loss_scale`: float16's
+    starting loss scale (gptjax.training.loss_scale.init) or None.
 
     Pure, so it can run under jax.jit with out_shardings (and jax.eval_shape for restore targets).
     """
     _, params = split(GPT(cfg, rngs=nnx.Rngs(jax.random.PRNGKey(seed))))
-    return state_from_params(params, tx, seed, trainable, spikes)
+    return state_from_params(params, tx, seed, trainable, spikes, loss_scale)
 
 
 def state_from_params(params, tx, seed: int, trainable: str | None = None,
-                      spikes=None) -> TrainState:
+                      spikes=None, loss_scale=None) -> TrainState:
     """Step 0 of a run from `params` (random or pretrained): fresh optimizer state (for the
     trainable params) and RNG."""
     key = jax.random.PRNGKey(seed)
     return TrainState(params=params, opt_state=tx.init(partition(params, trainable)[0]),
                       step=jnp.zeros((), jnp.int32), trainable=trainable, spikes=spikes,
-                      rng=jax.random.fold_in(key, 1))  # dropout keys: independent of init's
+                      loss_scale=loss_scale, rng=jax.random.fold_in(key, 1))  # dropout keys: independent of init's

@@ -6,7 +6,8 @@ train_step_fn and eval_step_fn are the pure steps; compile_train_step compiles t
 a Plan (its shardings, on the state's leaves). None of them does I/O. A train step whose loss
 or gradient norm is not finite (or, with train.skip_spikes, spikes: gptjax.training.spikes) is
 skipped: params and optimizer state come back bitwise as they went in, and its metrics say
-skipped_steps=1 (gptjax.training.skips, the host side).
+skipped_steps=1 (gptjax.training.skips, the host side). float16 runs scale their loss
+(gptjax.training.loss_scale): an overflowing step is skipped and halves the scale.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from gptjax.config import Config
 from gptjax.model import apply
-from gptjax.training import cpu, spikes
+from gptjax.training import cpu, loss_scale, spikes
 from gptjax.training.state import TrainState
 
 
@@ -108,10 +109,15 @@ def update_if(ok, tx, grads, params, opt_state, grad_norm=None):
                         grad_norm if takes_norm else jnp.zeros((), jnp.float32))
 
 
+def is_finite(ce, z, grad_norm):
+    """Whether a step's loss terms and gradient norm are all finite (a scalar bool)."""
+    return jnp.isfinite(ce) & jnp.isfinite(z) & jnp.isfinite(grad_norm)
+
+
 def should_update(stats, ce, z, grad_norm, tcfg):
     """(apply this step's update?, the spike statistics after it, extra metrics): not where
     the loss or gradient norm is non-finite or, with train.skip_spikes, a spike."""
-    finite = jnp.isfinite(ce) & jnp.isfinite(z) & jnp.isfinite(grad_norm)
+    finite = is_finite(ce, z, grad_norm)
     if not tcfg.skip_spikes:
         return finite, stats, {}
     spike = finite & spikes.is_spike(stats, ce, grad_norm, tcfg)
@@ -128,6 +134,28 @@ def updates_applied(opt_state, default):
     return counts[0] if counts else default
 
 
+def current_scale(state: TrainState, config: Config):
+    """The loss scale this step multiplies the loss by: float16's (gptjax.training.loss_scale),
+    else 1 (unused)."""
+    if not loss_scale.enabled(config):
+        return jnp.ones((), jnp.float32)
+    if state.loss_scale is None:
+        raise ValueError("model.dtype='float16' scales its loss: build the state with "
+                         "init_state(..., loss_scale=gptjax.training.loss_scale.init(config))")
+    return state.loss_scale["scale"]
+
+
+def adjust_loss_scale(state: TrainState, ce, z, grad_norm, config: Config):
+    """(the loss-scale state after this step, its metrics): halved where the scaled gradients
+    overflowed, doubled after optim.loss_scale_period finite steps; unchanged, no metrics,
+    where the run does not scale its loss."""
+    if not loss_scale.enabled(config):
+        return state.loss_scale, {}
+    scale, halved = loss_scale.adjust(state.loss_scale, is_finite(ce, z, grad_norm),
+                                      config.optim.loss_scale_period)
+    return scale, {"loss_scale": scale["scale"], "overflow_steps": jnp.where(halved, 1.0, 0.0)}
+
+
 def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | None = None,
                   data_mesh=None):
     """The pure train step for this config: (state, batch) -> (state, metrics), not yet jitted.
@@ -137,28 +165,32 @@ def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | No
     data_mesh: the CPU path's mesh (gptjax.training.cpu): gradients per CPU device, summed in
     one flat all-reduce. Otherwise XLA places the reductions the shardings imply.
     """
-    k = config.optim.grad_accum
-    tcfg = config.train
-    z_loss = config.optim.z_loss
+    k, tcfg, z_loss = config.optim.grad_accum, config.train, config.optim.z_loss
     use_dropout = config.model.dropout > 0.0 or config.model.lora_dropout > 0.0
-    # Gradients of the trainable params only; the frozen ones enter as constants.
-    grad_fn = jax.value_and_grad(
-        lambda params, frozen, *args, **kw: sums_fn(nnx.merge_state(params, frozen), *args, **kw),
-        has_aux=True)
+    scaled = loss_scale.enabled(config)
 
-    def summed_gradients(params, frozen, key, batch, axis=None):
-        """(grads, ce, z, n): sums over `batch` (this device's slice when `axis` is named)."""
+    def objective(params, frozen, scale, *args, **kw):
+        # Gradients of the trainable params only; the frozen ones enter as constants.
+        total, aux = sums_fn(nnx.merge_state(params, frozen), *args, **kw)
+        return (total * scale if scaled else total), aux  # float16: the loss times its scale
+
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+
+    def summed_gradients(params, frozen, scale, key, batch, axis=None):
+        """(grads, ce, z, n): sums over `batch` (this device's slice when `axis` is named);
+        float16: differentiated at `scale` times each micro-batch's mean loss, then unscaled."""
+        scale = scale / (batch["targets"].size // k) if scaled else scale
         if axis is not None:  # each device's slice of the batch gets its own dropout masks
             key = jax.random.fold_in(key, jax.lax.axis_index(axis))
         if k == 1:
-            (_, (ce, z, n)), grads = grad_fn(params, frozen, graphdef, batch,
+            (_, (ce, z, n)), grads = grad_fn(params, frozen, scale, graphdef, batch,
                                              dropout_key=key if use_dropout else None,
                                              z_loss=z_loss)
         else:
             # One optimizer update per step from k micro-batches' summed gradients.
             def micro(carry, xs):
                 j, mb = xs
-                (_, aux), g = grad_fn(params, frozen, graphdef, mb,
+                (_, aux), g = grad_fn(params, frozen, scale, graphdef, mb,
                                       dropout_key=jax.random.fold_in(key, j) if use_dropout
                                       else None, z_loss=z_loss)
                 return jax.tree.map(jnp.add, carry, (g, aux)), None
@@ -170,6 +202,8 @@ def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | No
         if axis is not None:  # one flat buffer: a single all-reduce
             flat, unflatten = ravel_pytree((grads, ce, z, n))
             grads, ce, z, n = unflatten(jax.lax.psum(flat, axis))
+        if scaled:  # in float32, which holds what float16 did not
+            grads = jax.tree.map(lambda g: g / scale, grads)
         return grads, ce, z, n
 
     if data_mesh is not None:
@@ -182,21 +216,24 @@ def train_step_fn(config: Config, graphdef, tx, schedule, *, axis_name: str | No
         # Gradients and losses are sums over the scored tokens until one division by their
         # count at the end: exact for micro-batches and devices holding different counts.
         trainable, frozen = state.partition()
-        grads, ce, z, n = summed_gradients(trainable, frozen, key, batch)
+        scale = current_scale(state, config)
+        grads, ce, z, n = summed_gradients(trainable, frozen, scale, key, batch)
         n = jnp.maximum(n, 1.0)
         grads, ce, z = jax.tree.map(lambda x: x / n, (grads, ce, z))
         grad_norm = optax.tree.norm(grads)  # once: the checks below and the clipping use it
         # A skipped step keeps the params and optimizer state bitwise as they were (the step
         # counter, hence data and dropout keys, moves on).
         ok, spike_stats, extra = should_update(state.spikes, ce, z, grad_norm, tcfg)
+        scale_state, scale_metrics = adjust_loss_scale(state, ce, z, grad_norm, config)
         trainable, opt_state = update_if(ok, tx, grads, trainable, state.opt_state, grad_norm)
         metrics = {"loss": ce, "grad_norm": grad_norm,
                    "lr": schedule(updates_applied(state.opt_state, state.step)),
-                   "skipped_steps": jnp.where(ok, 0.0, 1.0), **extra}
+                   "skipped_steps": jnp.where(ok, 0.0, 1.0), **extra, **scale_metrics}
         if z_loss:
             metrics["z_loss"] = z
         return state.replace(params=nnx.merge_state(trainable, frozen), opt_state=opt_state,
-                             step=state.step + 1, spikes=spike_stats), metrics
+                             step=state.step + 1, spikes=spike_stats,
+                             loss_scale=scale_state), metrics
 
     return step
 
