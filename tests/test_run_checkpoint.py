@@ -5,7 +5,7 @@ import jax
 import numpy as np
 
 from gptjax import GPT, Tokenizer
-from gptjax.config import Config, default_config
+from gptjax.config import default_config
 from gptjax.model import split
 from gptjax.training import train
 from gptjax.training.checkpoint import load_params

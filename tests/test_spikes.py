@@ -8,7 +8,6 @@ unscored position, so the batch is otherwise normal.
 import dataclasses
 import functools
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp

@@ -109,4 +109,5 @@ def state_from_params(params, tx, seed: int, trainable: str | None = None,
     key = jax.random.PRNGKey(seed)
     return TrainState(params=params, opt_state=tx.init(partition(params, trainable)[0]),
                       step=jnp.zeros((), jnp.int32), trainable=trainable, spikes=spikes,
-                      loss_scale=loss_scale, rng=jax.random.fold_in(key, 1))  # dropout keys: independent of init's
+                      loss_scale=loss_scale,
+                      rng=jax.random.fold_in(key, 1))  # dropout keys: independent of init's
