@@ -26,7 +26,8 @@ GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
 # listed keeps its place after these; the order only schedules, it never changes a result.
 SLOW_FIRST = ("test_cli_errors.py", "test_training.py", "test_survive.py",
               "test_finetune_methods.py", "test_chaos.py", "test_nonfinite.py",
-              "test_loss_scale.py", "test_shards.py", "test_ablate.py", "test_evaluate.py", "test_finetune.py", "test_spikes.py",
+              "test_loss_scale.py", "test_shards.py", "test_ablate.py", "test_evaluate.py",
+              "test_finetune.py", "test_spikes.py",
               "test_parallel.py", "test_multihost.py", "test_export.py", "test_model.py",
               "test_generation.py", "test_interop.py", "test_bench_attention.py",
               "test_packing.py", "test_train_steps.py")
