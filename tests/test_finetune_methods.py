@@ -227,7 +227,6 @@ def test_lora_run_checkpoints_adapters_resumes_bitwise_and_loads_merged(fast_com
 # ---- the config ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sections,message", [
-    (dict(finetune=dict(method="sgd")), r"finetune.method='sgd' is invalid: choose one of"),
     (dict(finetune=dict(method="lora", lora_rank=0)), r"finetune.lora_rank=0 is invalid"),
     (dict(finetune=dict(method="lora", lora_targets="qury")), r"unknown target 'qury'"),
     (dict(finetune=dict(method="lora", lora_dropout=1.0)), r"finetune.lora_dropout=1.0"),
@@ -242,6 +241,9 @@ def test_bad_finetune_settings_are_refused(sections, message):
 
 
 def test_settings_the_model_cannot_take_are_refused():
+    # A method's name is checked where its registry lives, before data or compile.
+    with pytest.raises(ConfigError, match=r"finetune.method='sgd' is invalid: choose one of"):
+        finetune.check(Config.from_dict(dict(finetune=dict(method="sgd"))))
     with pytest.raises(ConfigError, match=r"freeze_layers=3 is invalid: the model has "
                                           r"model.num_layers=2"):
         finetune.check(tiny(dict(method="freeze", freeze_layers=3)))

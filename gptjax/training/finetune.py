@@ -71,14 +71,14 @@ def bitfit(cfg: Config) -> str:
 
 def trainable(cfg: Config) -> str | None:
     """The train state's trainable pattern for cfg's fine-tuning method (None: all)."""
+    if cfg.finetune.method not in METHODS:
+        raise ConfigError(f"finetune.method={cfg.finetune.method!r} is invalid: choose one of "
+                          f"{sorted(METHODS)}")
     return METHODS[cfg.finetune.method](cfg)
 
 
 def check(cfg: Config) -> None:
     """ConfigError for a method that cannot run with this (architecture-adopted) config."""
-    if cfg.finetune.method not in METHODS:
-        raise ConfigError(f"finetune.method={cfg.finetune.method!r} is invalid: choose one of "
-                          f"{sorted(METHODS)}")
     trainable(cfg)
     if adapters_only(cfg) and not cfg.train.init_from:
         raise ConfigError("finetune.method='lora' adapts a pretrained model, and its checkpoints "
