@@ -38,11 +38,11 @@ from gptjax.training.state import graphdef_of, init_state
 from gptjax.training.steps import compile_train_step
 
 
-def step_throughput(cfg: Config, *, steps: int = 100, repeats: int = 3) -> dict[str, Any]:
-    """ms/step and tokens/s of the compiled train step alone, laid out as the loop lays it out
-    (gptjax.parallel's plan, state as leaves), on fixed random batches; first-step seconds."""
+def compiled_step(cfg: Config, *, batches: int = 8):
+    """The config's train step compiled as the loop lays it out (gptjax.parallel's plan, the
+    state as leaves), its initial leaves and `batches` fixed random device-resident batches."""
     if not cfg.model.vocab_size:
-        raise ValueError("step_throughput needs a resolved model.vocab_size")
+        raise ValueError("a compiled step needs a resolved model.vocab_size")
     plan = make_plan(cfg)
     tx, schedule = make_optimizer(cfg.optim, cfg.train.num_steps)
     init = functools.partial(init_state, cfg.model, tx, cfg.train.seed,
@@ -53,10 +53,18 @@ def step_throughput(cfg: Config, *, steps: int = 100, repeats: int = 3) -> dict[
     leaves = jax.tree.leaves(plan.init(init))
     rng = np.random.default_rng(0)
     b, t, v = cfg.data.batch_size, cfg.data.seq_len, cfg.model.vocab_size
-    batches = []
-    for _ in range(8):
+    fixed = []
+    for _ in range(batches):
         x = rng.integers(0, v, (b, t + 1)).astype(np.int32)
-        batches.append(plan.put_batch({"inputs": x[:, :-1], "targets": x[:, 1:]}))
+        fixed.append(plan.put_batch({"inputs": x[:, :-1], "targets": x[:, 1:]}))
+    return step, leaves, fixed
+
+
+def step_throughput(cfg: Config, *, steps: int = 100, repeats: int = 3) -> dict[str, Any]:
+    """ms/step and tokens/s of the compiled train step alone, laid out as the loop lays it out
+    (gptjax.parallel's plan, state as leaves), on fixed random batches; first-step seconds."""
+    step, leaves, batches = compiled_step(cfg)
+    b, t = cfg.data.batch_size, cfg.data.seq_len
     t0 = time.perf_counter()
     leaves, m = step(leaves, batches[0])
     jax.block_until_ready(m)

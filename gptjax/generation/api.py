@@ -138,16 +138,29 @@ def _pad_id(config: GenerationConfig) -> int:
     return pad if pad is not None else 0
 
 
-def _execute(model, request: _Request, spec: Spec, values, config: GenerationConfig, streamer):
-    """Run the compiled loop, streaming to `streamer` if any; its outputs, on the host."""
+def lower(model, input_ids, *, attention_mask=None, **kwargs) -> jax.stages.Lowered:
+    """The program `generate(model, input_ids, **kwargs)` runs, lowered and not run: for its
+    compiled HLO, cost analysis or memory (gptjax.bench.profile reads its ops from it)."""
+    config = GenerationConfig.build(model_defaults(model), kwargs)
+    request = _prepare(model.cfg, input_ids, attention_mask, config, None)
+    spec = _spec(config, request.cache_len, None)
+    return _run.lower(*_arguments(model, request, _values(config, request), config), spec=spec)
+
+
+def _arguments(model, request: _Request, values, config: GenerationConfig) -> tuple:
+    """_run's positional arguments for this request."""
     graphdef, params = split(model)
     eos_ids = jnp.asarray(list(config.eos_ids) or [-1], jnp.int32)
+    return (graphdef, params, jnp.asarray(request.prompt), jnp.asarray(request.valid),
+            jnp.int32(request.start), jnp.int32(request.start + request.max_length),
+            eos_ids, jnp.int32(_pad_id(config)), jax.random.key(config.seed), values)
+
+
+def _execute(model, request: _Request, spec: Spec, values, config: GenerationConfig, streamer):
+    """Run the compiled loop, streaming to `streamer` if any; its outputs, on the host."""
     _STREAM_SINK.streamer = streamer
     try:
-        out = _run(graphdef, params, jnp.asarray(request.prompt), jnp.asarray(request.valid),
-                   jnp.int32(request.start), jnp.int32(request.start + request.max_length),
-                   eos_ids, jnp.int32(_pad_id(config)), jax.random.key(config.seed), values,
-                   spec=spec)
+        out = _run(*_arguments(model, request, values, config), spec=spec)
         return jax.device_get(out)
     finally:
         _STREAM_SINK.streamer = None
