@@ -4,14 +4,16 @@
 (bench/train.py `compiled_step`), traces `steps` steps with jax.profiler and reads the trace
 back with jax.profiler.ProfileData. An event whose name is an instruction of the compiled HLO
 (XLA:CPU's worker threads with --xla_cpu_enable_xprof_traceme, a GPU's op line) is looked up
-there for its shape, the JAX operation it came from and a category (matmul, collective,
-copy/transpose, reduction, elementwise); a trace line with such events is one device's
-execution. `summarize` is the pure part (the compiled HLO text and the events -> the figures),
-so it is tested without a trace.
+there for its shape, the JAX operation it came from, a category (matmul, collective,
+copy/transpose, reduction, elementwise), its FLOPs and bytes; the times are summed per step and
+averaged over the program's devices (a runtime may run one device's ops on several threads, so
+trace lines are not devices). `summarize` is the pure part (the compiled HLO text and the
+events -> the figures), so it is tested without a trace.
 
 A collective's time includes waiting for the slowest device, so on a CPU host it also measures
-how unevenly the devices' threads got the cores. A device's idle time is the step's wall time
-less the union of its op intervals: dispatch gaps between steps and time the OS gave to others.
+how unevenly the devices' threads got the cores. Busy time is the union of each trace line's op
+intervals; idle is the step's wall time less the busy time per device: dispatch gaps between
+steps and time the OS gave to other threads.
 """
 
 from __future__ import annotations
