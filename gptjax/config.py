@@ -280,10 +280,17 @@ class TrainConfig:
     spike_threshold: float = 6.0
     spike_window: int = 100
     spike_warmup: int = 50
+    # Steps per compiled call: K > 1 runs K train steps in one program (lax.scan over K batches),
+    # so the host's dispatch, batch transfer and loop work come once per K steps (Keras's
+    # steps_per_execution, TPUEstimator's iterations_per_loop). The same updates; logging,
+    # evaluation, samples, checkpoints and preemption act between calls, so K divides their
+    # periods. Callbacks get every K-th step.
+    steps_per_call: int = 1
 
     def validate(self) -> None:
         _require_finite(self, "train")
         self._validate_spikes()
+        self._validate_steps_per_call()
         if (not isinstance(self.max_consecutive_skips, int)
                 or isinstance(self.max_consecutive_skips, bool)
                 or self.max_consecutive_skips < 0):
@@ -302,6 +309,18 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 _fail(f"train.{name}", value, "must be a positive integer")
+
+    def _validate_steps_per_call(self) -> None:
+        k = self.steps_per_call
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            _fail("train.steps_per_call", k, "must be a positive integer (1: a call per step)")
+        for name in ("log_every", "eval_every", "checkpoint_every", "sample_every"):
+            period = getattr(self, name)
+            if isinstance(period, int) and period > 0 and period % k:
+                raise ConfigError(
+                    f"train.steps_per_call={k} does not divide train.{name}={period}: the loop "
+                    f"acts only between calls of {k} steps; choose a steps_per_call that divides "
+                    "every period (log_every, eval_every, checkpoint_every, sample_every)")
 
     def _validate_spikes(self) -> None:
         if not isinstance(self.skip_spikes, bool):
@@ -450,6 +469,10 @@ class Config:
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
 
     def __post_init__(self):
+        if self.train.steps_per_call > 1 and self.mesh.strategy == "pmap":
+            raise ConfigError(
+                f"train.steps_per_call={self.train.steps_per_call} needs mesh.strategy='jit' "
+                "(pmap runs one step per call); use mesh.strategy='jit' for data parallelism")
         ft = self.finetune
         if ft.method != "full" and self.train.trainable is not None:
             raise ConfigError(

@@ -200,8 +200,10 @@ def profile_step(cfg: Config, *, steps: int = 20, warmup: int = 5,
                  top: int = 25) -> dict[str, Any]:
     """Trace `steps` compiled train steps of `cfg` (resolved vocabulary) after `warmup` ones
     and summarize where their time went."""
-    step, leaves, batches = compiled_step(cfg)
-    for i in range(warmup):
+    step, leaves, batches, k = compiled_step(cfg)  # k steps to a call (train.steps_per_call)
+    calls = max(steps // k, 1)
+    steps = calls * k
+    for i in range(max(warmup // k, 1)):
         leaves, m = step(leaves, batches[i % len(batches)])
     jax.block_until_ready((leaves, m))
     hlo = step.lower(leaves, batches[0]).compile().as_text()
@@ -209,7 +211,7 @@ def profile_step(cfg: Config, *, steps: int = 20, warmup: int = 5,
     def run_steps():
         nonlocal leaves
         t0 = time.perf_counter()
-        for i in range(steps):
+        for i in range(calls):
             leaves, m = step(leaves, batches[i % len(batches)])
         jax.block_until_ready((leaves, m))
         return time.perf_counter() - t0
@@ -227,7 +229,7 @@ def profile_step(cfg: Config, *, steps: int = 20, warmup: int = 5,
     result["backend"] = jax.default_backend()
     result["tokens_per_step"] = cfg.data.batch_size * cfg.data.seq_len
     result["vocab_size"] = cfg.model.padded_vocab  # the LM head's width
-    result["program"] = "train step"
+    result["program"] = "train step" + (f" ({k} steps to a call)" if k > 1 else "")
     return result
 
 

@@ -39,8 +39,9 @@ from gptjax.training.steps import compile_train_step
 
 
 def compiled_step(cfg: Config, *, batches: int = 8):
-    """The config's train step compiled as the loop lays it out (gptjax.parallel's plan, the
-    state as leaves), its initial leaves and `batches` fixed random device-resident batches."""
+    """The config's train step compiled as the loop runs it (gptjax.parallel's plan, the state
+    as leaves, train.steps_per_call steps to a call): (call, initial leaves, `batches` fixed
+    random device-resident inputs of one call each, steps per call)."""
     if not cfg.model.vocab_size:
         raise ValueError("a compiled step needs a resolved model.vocab_size")
     plan = make_plan(cfg)
@@ -48,22 +49,26 @@ def compiled_step(cfg: Config, *, batches: int = 8):
     init = functools.partial(init_state, cfg.model, tx, cfg.train.seed,
                              finetune.trainable(cfg), loss_scale=loss_scale.init(cfg))
     abstract = jax.eval_shape(init)
-    step = compile_train_step(cfg, plan, graphdef_of(cfg.model), tx, schedule, abstract,
-                              plan.shardings(abstract))
+    k = cfg.train.steps_per_call
+    call = compile_train_step(cfg, plan, graphdef_of(cfg.model), tx, schedule, abstract,
+                              plan.shardings(abstract), steps=k)
     leaves = jax.tree.leaves(plan.init(init))
     rng = np.random.default_rng(0)
     b, t, v = cfg.data.batch_size, cfg.data.seq_len, cfg.model.vocab_size
     fixed = []
     for _ in range(batches):
-        x = rng.integers(0, v, (b, t + 1)).astype(np.int32)
-        fixed.append(plan.put_batch({"inputs": x[:, :-1], "targets": x[:, 1:]}))
-    return step, leaves, fixed
+        xs = [rng.integers(0, v, (b, t + 1)).astype(np.int32) for _ in range(k)]
+        one = [{"inputs": x[:, :-1], "targets": x[:, 1:]} for x in xs]
+        fixed.append(plan.put_batch(one[0]) if k == 1 else plan.put_batches(one))
+    return call, leaves, fixed, k
 
 
 def step_throughput(cfg: Config, *, steps: int = 100, repeats: int = 3) -> dict[str, Any]:
     """ms/step and tokens/s of the compiled train step alone, laid out as the loop lays it out
-    (gptjax.parallel's plan, state as leaves), on fixed random batches; first-step seconds."""
-    step, leaves, batches = compiled_step(cfg)
+    (gptjax.parallel's plan, state as leaves, train.steps_per_call steps to a call), on fixed
+    random batches; first-call seconds."""
+    step, leaves, batches, k = compiled_step(cfg)
+    calls = max(steps // k, 1)
     b, t = cfg.data.batch_size, cfg.data.seq_len
     t0 = time.perf_counter()
     leaves, m = step(leaves, batches[0])
@@ -73,18 +78,18 @@ def step_throughput(cfg: Config, *, steps: int = 100, repeats: int = 3) -> dict[
     for _ in range(repeats):
         t0 = time.perf_counter()
         previous = None
-        for i in range(steps):
+        for i in range(calls):
             leaves, m = step(leaves, batches[i % len(batches)])
-            if previous is not None:  # one step ahead at most, as the loop runs
+            if previous is not None:  # one call ahead at most, as the loop runs
                 jax.block_until_ready(previous)
             previous = m
         jax.block_until_ready(m)
-        times.append((time.perf_counter() - t0) / steps)
+        times.append((time.perf_counter() - t0) / (calls * k))
     best, median = min(times), statistics.median(times)
     return {"ms_per_step": 1e3 * median, "ms_per_step_best": 1e3 * best,
             "tokens_per_sec": b * t / median, "tokens_per_sec_best": b * t / best,
-            "first_step_seconds": compile_s, "repeats": repeats, "steps": steps,
-            "devices": jax.device_count()}
+            "first_step_seconds": compile_s, "repeats": repeats, "steps": calls * k,
+            "steps_per_call": k, "devices": jax.device_count()}
 
 
 def loop_throughput(config, *, steps: int = 300, window: int = 50) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gptjax.config import ConfigError
 from gptjax.parallel import pmap
@@ -138,6 +138,19 @@ class Plan:
             return jax.device_put(jax.tree.map(np.asarray, batch), sharding)
         return jax.tree.map(
             lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+    def stacked_batch_sharding(self) -> NamedSharding:
+        """[steps, batch, seq] arrays, a batch per step of a call: put_batches' layout."""
+        return NamedSharding(self.mesh, PartitionSpec(None, *self.batch_sharding().spec))
+
+    def put_batches(self, batches: list):
+        """Consecutive batches (numpy, this process's rows each) stacked [steps, ...] on the
+        devices, for one call of several train steps (train.steps_per_call; jit only)."""
+        stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *batches)
+        sharding = self.stacked_batch_sharding()
+        if jax.process_count() == 1:
+            return jax.device_put(stacked, sharding)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), stacked)
 
     def check_batch(self, global_batch_size: int, what: str = "data.batch_size") -> None:
         if self.strategy == "pmap":

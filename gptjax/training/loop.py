@@ -146,6 +146,8 @@ class Run:
     data: Any  # gptjax.data.Data
     graphdef: Any  # the model's static structure
     train_step: Callable  # (leaves, batch) -> (leaves, metrics); the leaves are donated
+    # train.steps_per_call > 1: (leaves, batches [K, ...]) -> (leaves, metrics [K]); else None
+    train_steps: Callable | None
     eval_step: Callable  # (params, batch) -> {'loss', 'accuracy'}
     treedef: Any  # the TrainState's structure, to rebuild it from `leaves`
     leaves: list  # the state as a flat list of arrays: what the hot loop carries
@@ -158,7 +160,8 @@ class Run:
     skip_guard: skips.SkipGuard  # skipped (non-finite) steps in a row
     final: dict = dataclasses.field(default_factory=dict)  # what train() returns
     stop: StopRequest | None = None  # SIGTERM / Ctrl-C: save and stop after the step
-    metrics: Any = None  # the newest step's metrics, on the device
+    metrics: Any = None  # the newest call's metrics, on the device
+    call_steps: int = 1  # how many steps the newest call ran (its metrics' leading axis if > 1)
 
     @property
     def state(self) -> TrainState:
@@ -222,6 +225,9 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
     state_sharding = plan.shardings(abstract)
     target = ckpt_lib.abstract_with_sharding(abstract, state_sharding)
     train_step = compile_train_step(cfg, plan, graphdef, tx, schedule, abstract, state_sharding)
+    k = cfg.train.steps_per_call  # jit compiles each program on its first call only
+    train_steps = k > 1 and compile_train_step(cfg, plan, graphdef, tx, schedule, abstract,
+                                               state_sharding, steps=k) or None
     eval_step = plan.compile_eval(eval_step_fn(graphdef), abstract.params)
 
     is_main = jax.process_index() == 0
@@ -245,7 +251,8 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
     pbar = tqdm(total=cfg.train.num_steps, initial=start, disable=not is_main, desc="train",
                 dynamic_ncols=True)
     return Run(cfg=cfg, workdir=workdir, plan=plan, data=data, graphdef=graphdef,
-               train_step=train_step, eval_step=eval_step, treedef=jax.tree.structure(abstract),
+               train_step=train_step, train_steps=train_steps, eval_step=eval_step,
+               treedef=jax.tree.structure(abstract),
                leaves=jax.tree.leaves(state), start=start, checkpoints=checkpoints,
                writer=writer, meter=_meter(cfg, plan, abstract, workdir), pbar=pbar,
                sampling=sampling, final={"step": start},
@@ -400,17 +407,22 @@ def train(config, workdir: str | os.PathLike, *, data=None,
 
 
 def run_steps(run: Run, actions: Iterable[Action], callbacks: Iterable[Callback] = ()) -> None:
-    """Steps run.start+1 .. train.num_steps, each followed by the actions that are due."""
+    """Steps run.start+1 .. train.num_steps, train.steps_per_call to a compiled call, each call
+    followed by the actions due at its last step."""
     num_steps = run.cfg.train.num_steps
-    for step in range(run.start + 1, num_steps + 1):  # step: the count after this update
-        run.leaves, metrics = run.train_step(run.leaves, run.plan.put_batch(next(run.data.train)))
+    step = run.start
+    while step < num_steps:
+        first = step == run.start
+        run.call_steps = n = steps_in_call(run, step)
+        run.leaves, metrics = dispatch(run, n)
+        step += n  # the count after this call's updates
         run.metrics = metrics
-        if step == run.start + 1:  # the first step compiles: keep it out of tokens/s
+        if first:  # the first call compiles: keep it out of tokens/s
             run.final["first_step_seconds"] = run.meter.first(metrics)
             logging.info("first step (compile + run): %.1f s", run.final["first_step_seconds"])
         else:
-            run.meter.add(metrics)
-        run.pbar.update(1)
+            run.meter.add(metrics, steps=n)
+        run.pbar.update(n)
         row: dict[str, Any] = {}
         for action in actions:
             if action.due(step, step == num_steps):
@@ -421,6 +433,21 @@ def run_steps(run: Run, actions: Iterable[Action], callbacks: Iterable[Callback]
         if run.stop is not None and run.stop.reached(step) and step < num_steps:
             stop_and_save(run, step)
             return
+
+
+def steps_in_call(run: Run, step: int) -> int:
+    """train.steps_per_call from a step it divides while that many remain, else 1 (a resume
+    off the grid, the last steps)."""
+    k = run.cfg.train.steps_per_call
+    return k if k > 1 and step % k == 0 and step + k <= run.cfg.train.num_steps else 1
+
+
+def dispatch(run: Run, n: int):
+    """The next n batches onto the devices and the compiled call that runs n steps on them."""
+    if n == 1:
+        return run.train_step(run.leaves, run.plan.put_batch(next(run.data.train)))
+    batches = [next(run.data.train) for _ in range(n)]
+    return run.train_steps(run.leaves, run.plan.put_batches(batches))
 
 
 def stop_and_save(run: Run, step: int) -> None:
@@ -542,8 +569,8 @@ def stop_on_skips(run: Run, step: int, row: dict) -> None:
     tcfg = run.cfg.train
     last = step == tcfg.num_steps
     flags = {k: run.metrics[k] for k in ("skipped_steps", "overflow_steps") if k in run.metrics}
-    stop = run.skip_guard.observe(step, flags,
-                                  wait=every(tcfg.checkpoint_every)(step, last))
+    stop = run.skip_guard.observe(step, flags, wait=every(tcfg.checkpoint_every)(step, last),
+                                  steps=run.call_steps)
     if stop is None:
         return
     run.checkpoints.wait()

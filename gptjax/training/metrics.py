@@ -79,9 +79,10 @@ def window_row(metrics: list[Mapping[str, Any]]) -> dict[str, float]:
     rank = {k: i for i, k in enumerate(FIRST_COLUMNS)}
     names = sorted(metrics[-1], key=lambda k: rank.get(k, len(rank)))  # stable: others keep order
     def reduce(k):
-        if k in LAST_VALUE:
-            return float(metrics[-1][k])
-        return float((np.sum if k in SUMMED else np.mean)([m[k] for m in metrics]))
+        if k in LAST_VALUE:  # the newest step's (the last of a call of several)
+            return float(np.asarray(metrics[-1][k]).reshape(-1)[-1])
+        values = np.concatenate([np.asarray(m[k]).reshape(-1) for m in metrics])  # every step's
+        return float((np.sum if k in SUMMED else np.mean)(values))
 
     return {ROW_NAMES.get(k, k): reduce(k) for k in names}
 
@@ -107,15 +108,15 @@ class Meter:
         self.pending, self.t0 = [metrics], time.perf_counter()
         return seconds
 
-    def add(self, metrics) -> None:
-        """One more dispatched step. Waits for the step before it to finish: the host runs at
-        most one step ahead of the device (the next step is queued already, and a host far ahead
-        queues dozens of multi-device programs, on which XLA's CPU runtime can deadlock: an
-        all-reduce waiting for a device that never starts)."""
+    def add(self, metrics, steps: int = 1) -> None:
+        """One more dispatched call of `steps` steps. Waits for the call before it to finish:
+        the host runs at most one call ahead of the device (the next call is queued already, and
+        a host far ahead queues dozens of multi-device programs, on which XLA's CPU runtime can
+        deadlock: an all-reduce waiting for a device that never starts)."""
         if self.pending:
             jax.block_until_ready(self.pending[-1])
         self.pending.append(metrics)
-        self.steps += 1
+        self.steps += steps
 
     def read(self) -> dict[str, float]:
         """The window's row (window_row, tokens_per_sec, ms_per_step, mfu); starts a new one."""

@@ -43,24 +43,28 @@ class SkipGuard:
     streak: int = 0  # skipped steps in a row, up to the newest flag read
     unread: list = dataclasses.field(default_factory=list)  # [(step, flag)] not yet read
 
-    def observe(self, step: int, flags: dict, *, wait: bool) -> int | None:
-        """Add step's flags and read the finished ones (all of them when `wait`): the step at
-        which the skips in a row reached the limit, or None."""
-        self.unread.append((step, flags))
+    def observe(self, step: int, flags: dict, *, wait: bool, steps: int = 1) -> int | None:
+        """Add the flags of the call that ended at `step` (steps > 1: a leading axis of its
+        steps, oldest first) and read the finished calls' (all of them when `wait`): the step
+        at which the skips in a row reached the limit, or None."""
+        self.unread.append((step, flags, steps))
         ready = self.unread if wait else self.unread[:-1]
         if not ready:
             return None
-        values = jax.device_get([f for _, f in ready])
+        values = jax.device_get([f for _, f, _ in ready])
         self.unread = self.unread[len(ready):]
-        for (s, _), value in zip(ready, values):
-            if np.max(value.get("overflow_steps", 0)) > 0:  # the loss scale was halved
-                continue
-            if np.max(value["skipped_steps"]) > 0:  # pmap: one copy per device, all equal
-                self.streak += 1
-            else:
-                self.streak, self.last_applied = 0, s
-            if self.limit and self.streak >= self.limit:
-                return s
+        for (end, _, n), value in zip(ready, values):
+            rows = {k: np.asarray(v).reshape(n, -1) for k, v in value.items()}
+            for i in range(n):
+                s = end - n + 1 + i
+                if "overflow_steps" in rows and rows["overflow_steps"][i].max() > 0:
+                    continue  # the loss scale was halved
+                if rows["skipped_steps"][i].max() > 0:  # pmap: one copy per device, all equal
+                    self.streak += 1
+                else:
+                    self.streak, self.last_applied = 0, s
+                if self.limit and self.streak >= self.limit:
+                    return s
         return None
 
 

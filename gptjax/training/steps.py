@@ -250,8 +250,10 @@ def eval_step_fn(graphdef):
     return step
 
 
-def compile_on_leaves(plan, step_fn, abstract, state_sharding):
-    """step_fn compiled to take and return the TrainState's leaves (a flat list of arrays).
+def compile_on_leaves(plan, step_fn, abstract, state_sharding, steps: int = 1):
+    """step_fn compiled to take and return the TrainState's leaves (a flat list of arrays);
+    steps > 1: one program that runs `steps` steps (lax.scan) over batches stacked [steps, ...]
+    (Plan.put_batches), returning each step's metrics stacked the same way.
 
     jit flattens a list of arrays in C++, but every nnx Variable of a TrainState costs Python
     calls to flatten and rebuild: a few ms per step, which on a CPU host is taken from the cores
@@ -263,17 +265,26 @@ def compile_on_leaves(plan, step_fn, abstract, state_sharding):
         state, metrics = step_fn(jax.tree.unflatten(treedef, leaves), batch)
         return jax.tree.leaves(state), metrics
 
+    def on_leaves_steps(leaves, batches):
+        return jax.lax.scan(on_leaves, leaves, batches)
+
     if plan.strategy == "pmap":
+        if steps != 1:
+            raise ValueError("several steps per call need the jit strategy")
         return plan.compile_train(on_leaves, jax.tree.leaves(abstract))
     leaf_shardings = jax.tree.leaves(state_sharding)
-    return plan.jit(on_leaves, in_shardings=(leaf_shardings, plan.batch_sharding()),
+    fn, batch_sharding = ((on_leaves, plan.batch_sharding()) if steps == 1
+                          else (on_leaves_steps, plan.stacked_batch_sharding()))
+    return plan.jit(fn, in_shardings=(leaf_shardings, batch_sharding),
                     out_shardings=(leaf_shardings, NamedSharding(plan.mesh, PartitionSpec())),
                     donate_argnums=0)
 
 
-def compile_train_step(config: Config, plan, graphdef, tx, schedule, abstract, state_sharding):
+def compile_train_step(config: Config, plan, graphdef, tx, schedule, abstract, state_sharding,
+                       steps: int = 1):
     """The train step as the loop runs it: train_step_fn for `plan` (its pmap axis, or on CPU
-    devices the flat all-reduce of gptjax.training.cpu), compiled on the state's leaves."""
+    devices the flat all-reduce of gptjax.training.cpu), compiled on the state's leaves;
+    `steps` steps to a call (see compile_on_leaves)."""
     step_fn = train_step_fn(config, graphdef, tx, schedule, axis_name=plan.axis_name,
                             data_mesh=cpu.data_parallel_mesh(plan))
-    return compile_on_leaves(plan, step_fn, abstract, state_sharding)
+    return compile_on_leaves(plan, step_fn, abstract, state_sharding, steps)
