@@ -8,8 +8,8 @@ Traces --steps steps of the step the loop would compile (after --warmup untimed 
 a table: ms per step by category (matmul, elementwise, reduction, copy/transpose, collective),
 the busiest ops with their shapes, GFLOP/s and GB/s, and each device's idle time.
 --program=generate instead traces one greedy generate call (bench_generate's prompt and model:
-GPT-2 124M's shape, random weights, or --checkpoint), per new token; --config is not used then. On a CPU this
-process turns on XLA:CPU's per-op trace events (XLA_FLAGS, set before JAX starts).
+GPT-2 124M's shape, random weights, or --checkpoint), per new token; --config is not used then.
+On a CPU this process turns on XLA:CPU's per-op trace events (XLA_FLAGS, set before JAX starts).
 """
 
 import os

@@ -258,7 +258,8 @@ def profile_generate(model, prompt: list[int], *, new_tokens: int = 100,
     result = summarize(hlo, lines, steps=new_tokens, wall_s=wall, devices=1, top=top)
     result["untraced_ms_per_step"] = 1e3 * untraced / new_tokens
     result["backend"] = jax.default_backend()
-    result["program"] = f"generate: {new_tokens} new tokens after {len(prompt)}, {options or 'greedy'}"
+    result["program"] = (f"generate: {new_tokens} new tokens after {len(prompt)}, "
+                         f"{options or 'greedy'}")
     result["param_bytes"] = sum(x.nbytes for x in jax.tree.leaves(split(model)[1]))
     return result
 
@@ -284,8 +285,9 @@ def write_report(result: dict[str, Any], path: str, *, command: str, machine: st
         "| category | ms/step | share of the ops' time |", "|---|---:|---:|"]
     total = sum(cats.values()) or 1.0
     lines += [f"| {c} | {v:.2f} | {100 * v / total:.0f}% |" for c, v in cats.items() if v]
-    lines += ["", "GB/s counts every operand and the result whole, an upper bound on the traffic: an "
-              "op that reads a slice of a large operand shows more than memory can deliver.", "",
+    lines += ["", "GB/s counts every operand and the result whole, an upper bound on the "
+              "traffic: an op that reads a slice of a large operand shows more than memory can "
+              "deliver.", "",
               "| op (JAX operation) | category | shape | ms/step | calls/step | GFLOP/s | "
               "GB/s |", "|---|---|---|---:|---:|---:|---:|"]
     for r in result["top"]:

@@ -226,8 +226,8 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
     target = ckpt_lib.abstract_with_sharding(abstract, state_sharding)
     train_step = compile_train_step(cfg, plan, graphdef, tx, schedule, abstract, state_sharding)
     k = cfg.train.steps_per_call  # jit compiles each program on its first call only
-    train_steps = k > 1 and compile_train_step(cfg, plan, graphdef, tx, schedule, abstract,
-                                               state_sharding, steps=k) or None
+    train_steps = compile_train_step(cfg, plan, graphdef, tx, schedule, abstract,
+                                     state_sharding, steps=k) if k > 1 else None
     eval_step = plan.compile_eval(eval_step_fn(graphdef), abstract.params)
 
     is_main = jax.process_index() == 0

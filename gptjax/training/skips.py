@@ -41,7 +41,7 @@ class SkipGuard:
     limit: int  # train.max_consecutive_skips; 0: never stop
     last_applied: int  # the newest step whose update was applied (or the run's start)
     streak: int = 0  # skipped steps in a row, up to the newest flag read
-    unread: list = dataclasses.field(default_factory=list)  # [(step, flag)] not yet read
+    unread: list = dataclasses.field(default_factory=list)  # [(step, flags, steps)] unread
 
     def observe(self, step: int, flags: dict, *, wait: bool, steps: int = 1) -> int | None:
         """Add the flags of the call that ended at `step` (steps > 1: a leading axis of its
