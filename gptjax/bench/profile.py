@@ -196,6 +196,16 @@ def trace_lines(trace_dir: str) -> list[tuple[str, list[tuple[str, int, int]]]]:
             for plane in data.planes for line in plane.lines]
 
 
+def traced(run) -> tuple[float, list]:
+    """run() (it returns its seconds) under jax.profiler: (its seconds, trace_lines)."""
+    options = jax.profiler.ProfileOptions()
+    options.python_tracer_level = 0  # the Python tracer would slow the dispatching thread
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp, profiler_options=options):
+            seconds = run()
+        return seconds, trace_lines(tmp)
+
+
 def profile_step(cfg: Config, *, steps: int = 20, warmup: int = 5,
                  top: int = 25) -> dict[str, Any]:
     """Trace `steps` compiled train steps of `cfg` (resolved vocabulary) after `warmup` ones
@@ -217,12 +227,7 @@ def profile_step(cfg: Config, *, steps: int = 20, warmup: int = 5,
         return time.perf_counter() - t0
 
     untraced = run_steps()
-    options = jax.profiler.ProfileOptions()
-    options.python_tracer_level = 0  # the Python tracer would slow the dispatching thread
-    with tempfile.TemporaryDirectory() as tmp:
-        with jax.profiler.trace(tmp, profiler_options=options):
-            wall = run_steps()
-        lines = trace_lines(tmp)
+    wall, lines = traced(run_steps)
     devices = len(jax.tree.leaves(leaves)[0].sharding.device_set)
     result = summarize(hlo, lines, steps=steps, wall_s=wall, devices=devices, top=top)
     result["untraced_ms_per_step"] = 1e3 * untraced / steps
@@ -249,12 +254,7 @@ def profile_generate(model, prompt: list[int], *, new_tokens: int = 100,
 
     run_once()  # compile
     untraced = run_once()
-    options_ = jax.profiler.ProfileOptions()
-    options_.python_tracer_level = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        with jax.profiler.trace(tmp, profiler_options=options_):
-            wall = run_once()
-        lines = trace_lines(tmp)
+    wall, lines = traced(run_once)
     result = summarize(hlo, lines, steps=new_tokens, wall_s=wall, devices=1, top=top)
     result["untraced_ms_per_step"] = 1e3 * untraced / new_tokens
     result["backend"] = jax.default_backend()

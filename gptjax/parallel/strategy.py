@@ -133,11 +133,7 @@ class Plan:
         if self.strategy == "pmap":
             local = sum(d.process_index == jax.process_index() for d in self.mesh.devices.flat)
             return split_batch(batch, local)
-        sharding = self.batch_sharding()
-        if jax.process_count() == 1:  # the local rows are the global batch: one transfer call
-            return jax.device_put(jax.tree.map(np.asarray, batch), sharding)
-        return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+        return _put_local(jax.tree.map(np.asarray, batch), self.batch_sharding())
 
     def stacked_batch_sharding(self) -> NamedSharding:
         """[steps, batch, seq] arrays, a batch per step of a call: put_batches' layout."""
@@ -147,16 +143,20 @@ class Plan:
         """Consecutive batches (numpy, this process's rows each) stacked [steps, ...] on the
         devices, for one call of several train steps (train.steps_per_call; jit only)."""
         stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *batches)
-        sharding = self.stacked_batch_sharding()
-        if jax.process_count() == 1:
-            return jax.device_put(stacked, sharding)
-        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), stacked)
+        return _put_local(stacked, self.stacked_batch_sharding())
 
     def check_batch(self, global_batch_size: int, what: str = "data.batch_size") -> None:
         if self.strategy == "pmap":
             pmap.check_batch(global_batch_size, self.mesh.devices.size, what)
         else:
             sh.check_batch(global_batch_size, self.mesh, self.rules, what)
+
+
+def _put_local(tree, sharding: NamedSharding):
+    """This process's rows (numpy arrays) -> global jax.Arrays laid out by `sharding`."""
+    if jax.process_count() == 1:  # the local rows are the global batch: one transfer call
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
 
 
 def _lower_in(plan, fn, *args, **kwargs):
