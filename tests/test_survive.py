@@ -327,5 +327,35 @@ def test_two_processes_stop_at_the_same_step_when_one_is_preempted(runs, tmp_pat
     assert [r["step"] for r in read_metrics(workdir)] == list(range(1, step + 3))
 
 
+def test_two_processes_stop_together_when_one_cannot_read_the_newest_checkpoint(runs, tmp_path):
+    """Step 10 reads on process 0 but not on process 1 (its own data-iterator file is garbled).
+    Before, process 1 fell back to step 5 alone while process 0 resumed from 10, and the first
+    mismatched collective aborted both. Now the resume stops on both processes, trains nothing,
+    names the checkpoint and the process; step 10 is moved aside, and the same command run again
+    resumes both processes from step 5."""
+    workdir = tmp_path / "run"
+    cfg = config(runs["tmp"], num_steps=10)  # checkpoints at steps 5 and 10
+    assert _finish(*_two_workers(tmp_path, workdir, cfg, "first")) == [
+        {"step": 10, "preempted": None}] * 2
+    ckpts = workdir / "checkpoints"
+    (ckpts / "10" / "data" / "process_1-of-2.json").write_text("{truncated")
+    cfg["train"]["num_steps"] = 12
+    procs, outs = _two_workers(tmp_path, workdir, cfg, "broken")
+    try:
+        logs = [p.communicate(timeout=180)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode != 0 for p in procs] == [True, True], logs[1][-3000:]
+    assert (f"CheckpointError: checkpoint {ckpts}/10 is unreadable on process 1 of 2 "
+            "(JSONDecodeError") in logs[1]
+    assert "run the same command again and every process resumes from step 5" in logs[1]
+    assert [r["step"] for r in read_metrics(workdir)] == list(range(1, 11))  # nothing trained
+    assert sorted(p.name for p in ckpts.iterdir()) == ["10.corrupt", "5"]
+    assert _finish(*_two_workers(tmp_path, workdir, cfg, "again")) == [
+        {"step": 12, "preempted": None}] * 2
+    assert [r["step"] for r in read_metrics(workdir)] == list(range(1, 13))
+
+
 if __name__ == "__main__":
     worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])

@@ -8,7 +8,8 @@ Saves are asynchronous and atomic: orbax writes into a temporary directory and r
 the save is complete, so a killed process leaves the previous checkpoints intact and at most an
 unfinished temporary directory (ignored, then cleaned up, by the next start). A finished step that
 no longer restores (a truncated or deleted file) is renamed `<step>.corrupt`, with one warning,
-and the newest readable one restored instead; a save that fails (a full disk) raises
+and the newest readable one restored instead (several processes: the run stops instead, and its
+rerun resumes every process from the same older step; see move_aside); a save that fails (a full disk) raises
 CheckpointError naming the directory and the errno, the earlier checkpoints untouched.
 A restore reads float16's loss scale where the checkpoint holds one, and leaves it None where it
 does not (written before loss scaling, or in another dtype): gptjax.training.loss_scale fills it.
@@ -81,16 +82,35 @@ def corrupt_steps(directory: str | os.PathLike) -> list[str]:
 
 def move_aside(directory: str | os.PathLike, step: int, why: str) -> None:
     """One warning naming `step` and `why`; the step's folder becomes `<step>.corrupt` (kept for
-    a look, out of orbax's sight; process 0 renames it)."""
+    a look, out of orbax's sight), and the caller falls back to an older checkpoint.
+
+    With several processes the fallback is not this process's to take alone: a step that reads
+    on one host and not on another would resume the processes from different steps, and their
+    collectives would mismatch. So the process that cannot read it moves it aside and raises
+    CheckpointError: the run stops, and run again every process resumes from the same (newest
+    remaining) checkpoint."""
     directory = pathlib.Path(directory)
-    logging.warning("checkpoint %s/%d is unreadable (%s): moved aside to %d%s; falling back to "
-                    "an older checkpoint", directory, step, why, step, CORRUPT_SUFFIX)
-    if jax.process_index() == 0:
-        target = directory / f"{step}{CORRUPT_SUFFIX}"
-        n = 1
-        while target.exists():  # a step corrupted twice keeps both copies
-            target, n = directory / f"{step}{CORRUPT_SUFFIX}{n}", n + 1
+    target = directory / f"{step}{CORRUPT_SUFFIX}"
+    n = 1
+    while target.exists():  # a step corrupted twice keeps both copies
+        target, n = directory / f"{step}{CORRUPT_SUFFIX}{n}", n + 1
+    try:
         (directory / str(step)).rename(target)
+        moved = f"moved aside to {target.name}"
+    except FileNotFoundError:  # another process that could not read it moved it first
+        moved = "moved aside by another process of this run, which could not read it"
+    if jax.process_count() == 1:
+        logging.warning("checkpoint %s/%d is unreadable (%s): %s; falling back to an older "
+                        "checkpoint", directory, step, why, moved)
+        return
+    older = [s for s in steps(directory) if s < step]
+    raise CheckpointError(
+        f"checkpoint {directory}/{step} is unreadable on process {jax.process_index()} of "
+        f"{jax.process_count()} ({why}); it is {moved}. The processes of a multi-process run "
+        "do not fall back on their own (each could resume from another step), so this run "
+        "stops here, with nothing trained over it: run the same command again and every "
+        "process resumes from " + (f"step {older[0]}, the newest checkpoint left" if older
+                                   else "step 0 (no other checkpoint is left)"))
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:
@@ -184,7 +204,8 @@ class Checkpoints:
 
     def restore_newest(self, abstract_state, data_iterator, newest: int):
         """(step, state) of the newest checkpoint at or below `newest` that restores; each
-        unreadable one on the way is moved aside with one warning. None if none restores."""
+        unreadable one on the way is moved aside with one warning. None if none restores.
+        Several processes: CheckpointError at the first that does not restore (move_aside)."""
         for step in [s for s in steps(self.directory) if s <= newest]:
             try:
                 return step, self.restore(step, abstract_state, data_iterator)
