@@ -6,7 +6,7 @@
 A user error (a mistyped flag or config override, a missing or unreadable file, a value that
 gptjax's validation refuses, a prompt that does not fit) prints one line, `NAME: error: CAUSE`,
 where the message names the fix, and exits 1 (2 for flag and usage errors). Anything else is a
-bug and keeps its traceback. INFO logs of libraries (orbax, TFDS) stay out of the terminal;
+bug and keeps its traceback, a ValueError raised inside a library (not by gptjax) included. INFO logs of libraries (orbax, TFDS) stay out of the terminal;
 gptjax's own logs and every warning still show. GPTJAX_DEBUG=1 shows tracebacks and the
 libraries' INFO logs too.
 """
@@ -39,10 +39,24 @@ def debug() -> bool:
 
 
 def is_user_error(error: BaseException) -> bool:
-    """Bad input rather than a bug: gptjax's own errors, files, values that validation refused."""
+    """Bad input rather than a bug: gptjax's own errors, files, flags, text that is not UTF-8,
+    and values that gptjax's or experiments' code refused (a ValueError raised there). A
+    ValueError raised inside a library (a shape mismatch in jax, ...) is a bug: its traceback
+    stays."""
     if type(error).__module__.startswith("gptjax."):  # ConfigError, GenerationError, ...
         return True
-    return isinstance(error, (ValueError, OSError, flags.Error, app.UsageError))
+    if isinstance(error, (OSError, UnicodeDecodeError, flags.Error, app.UsageError)):
+        return True
+    return isinstance(error, ValueError) and _raised_in_own_code(error)
+
+
+def _raised_in_own_code(error: BaseException) -> bool:
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename.startswith(OWN)
 
 
 def message(error: BaseException) -> str:

@@ -357,3 +357,25 @@ def test_debug_env_shows_the_traceback():
                           env={**ENV, "GPTJAX_DEBUG": "1"}, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_a_library_value_error_is_a_bug_with_its_traceback(capsys):
+    """A ValueError raised inside a library (here numpy's, a shape mismatch) is a bug and keeps
+    its traceback; one raised by gptjax's own code is a refused value: one line, exit 1."""
+    import numpy as np
+
+    from experiments import cli
+    from gptjax.data.pipeline import _processes
+
+    def bug(argv):
+        np.zeros(3).reshape(2, 2)
+
+    def refused(argv):
+        _processes(8, 5, 2)  # gptjax's own check: process_index=5 not in [0, 2)
+
+    with pytest.raises(ValueError, match="cannot reshape"):
+        cli.guard(bug, ["x"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.guard(refused, ["x"])
+    assert exit_.value.code == 1
+    assert "error: process_index=5 not in [0, 2)" in capsys.readouterr().err
