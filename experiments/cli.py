@@ -6,8 +6,9 @@
 A user error (a mistyped flag or config override, a missing or unreadable file, a value that
 gptjax's validation refuses, a prompt that does not fit) prints one line, `NAME: error: CAUSE`,
 where the message names the fix, and exits 1 (2 for flag and usage errors). Anything else is a
-bug and keeps its traceback, a ValueError raised inside a library (not by gptjax) included. INFO logs of libraries (orbax, TFDS) stay out of the terminal;
-gptjax's own logs and every warning still show. GPTJAX_DEBUG=1 shows tracebacks and the
+bug and keeps its traceback, a ValueError raised inside a library (not by gptjax) included.
+INFO logs of libraries (orbax, TFDS) stay out of the terminal; gptjax's own logs and every
+warning still show. GPTJAX_DEBUG=1 shows tracebacks and the
 libraries' INFO logs too.
 """
 

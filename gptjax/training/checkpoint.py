@@ -9,8 +9,9 @@ the save is complete, so a killed process leaves the previous checkpoints intact
 unfinished temporary directory (ignored, then cleaned up, by the next start). A finished step that
 no longer restores (a truncated or deleted file) is renamed `<step>.corrupt`, with one warning,
 and the newest readable one restored instead (several processes: the run stops instead, and its
-rerun resumes every process from the same older step; see move_aside); a save that fails (a full disk) raises
-CheckpointError naming the directory and the errno, the earlier checkpoints untouched.
+rerun resumes every process from the same older step; see move_aside); a save that fails (a full
+disk) raises CheckpointError naming the directory and the errno, the earlier checkpoints
+untouched.
 A restore reads float16's loss scale where the checkpoint holds one, and leaves it None where it
 does not (written before loss scaling, or in another dtype): gptjax.training.loss_scale fills it.
 """
