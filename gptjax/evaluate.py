@@ -42,6 +42,7 @@ from absl import logging
 from gptjax.config import ConfigError
 from gptjax.data import tasks
 from gptjax.generation import GenerationConfig, generate
+from gptjax.generation.chat import encode_segments
 from gptjax.generation.text import defaults_for
 from gptjax.interop.hf import from_pretrained
 from gptjax.model import apply, split
@@ -136,9 +137,9 @@ def read_task_file(path, task: str, tokenizer, max_examples: int | None = None) 
     out = []
     for segments in rendered[:max_examples]:
         prompt, reference = split_example(task, segments)
-        ids, scored = tasks.encode(segments, tokenizer)
+        ids, scored = encode_segments(segments, tokenizer)
         out.append(Example("".join(t for t, _ in prompt), reference,
-                           tasks.encode(prompt, tokenizer)[0].tolist(), ids, scored))
+                           encode_segments(prompt, tokenizer)[0].tolist(), ids, scored))
     return out
 
 

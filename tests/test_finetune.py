@@ -108,8 +108,18 @@ def test_dialogue_transcript_is_the_chat_prompt():
     text = "".join(t for t, _ in tasks.render("dialogue", {"messages": messages}))
     assert text == ("System: Be brief.\nUser: Hi\nAssistant: Hello.\nUser: Bye\n"
                     "Assistant: See you.\n")
-    chat = Chat(GPT.from_pretrained(TINY), Tokenizer.from_pretrained(TINY))
+    tokenizer = Tokenizer.from_pretrained(TINY)
+    chat = Chat(GPT.from_pretrained(TINY), tokenizer)
     assert chat.prompt(messages[1:3]) == "User: Hi\nAssistant: Hello.\nAssistant:"
+    # Token for token, the prompt is the transcript as a training row holds it (segment by
+    # segment; the assistant's turn scored with the eos after it), then the open turn.
+    row = tasks.to_rows([tasks.render("dialogue", {"messages": messages[1:3]})], tokenizer, 64,
+                        "test")
+    written = row["targets"][0][row["targets"][0] >= 0].tolist()
+    assert written == tokenizer.encode(" Hello.\n") + [tokenizer.eos_token_id]
+    assert chat.prompt_ids(messages[1:3]) == (
+        tokenizer.encode("User: Hi\n") + tokenizer.encode("Assistant:") + written
+        + tokenizer.encode("Assistant:"))
 
 
 def test_long_examples_are_cut_and_empty_ones_left_out():
@@ -299,7 +309,7 @@ def test_chat_keeps_the_newest_turns_that_fit():
     for i in range(12):  # far more than 128 positions of transcript
         chat.reply(f"Tell me about the number {i}, please")
     prompt = chat.prompt(chat.messages[:-1])
-    assert len(tokenizer.encode(prompt)) <= 128 - 16
+    assert len(chat.prompt_ids(chat.messages[:-1])) <= 128 - 16
     assert prompt.startswith("System: Be brief.\n")  # the system message always stays
     assert chat.messages[-2]["content"] == "Tell me about the number 11, please"
     assert len(chat.messages) < 26

@@ -41,7 +41,8 @@ from absl import logging
 from gptjax.config import Config, ConfigError
 from gptjax.data.base import (READ_OPTIONS, Batch, BatchData, Epochs, endless_batches,
                               file_paths)
-from gptjax.generation.chat import dialogue_segments  # the transcript chat prompts with
+# The transcript chat prompts with, and its ids as chat encodes them.
+from gptjax.generation.chat import dialogue_segments, encode_segments
 from gptjax.tokenizers import Tokenizer
 
 IGNORE = -1  # target of a position that is not scored
@@ -147,25 +148,13 @@ def read_examples(paths: Sequence[str], task: str) -> list[list[Segment]]:
     return examples
 
 
-def encode(segments: Sequence[Segment], tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, scored): each segment encoded on its own; a scored segment ends with eos."""
-    ids: list[int] = []
-    scored: list[bool] = []
-    eos = tokenizer.eos_token_id
-    for text, written in segments:
-        part = tokenizer.encode(text) + ([eos] if written and eos is not None else [])
-        ids += part
-        scored += [written] * len(part)
-    return np.asarray(ids, np.int64), np.asarray(scored, bool)
-
-
 def encode_rows(examples, tokenizer, seq_len: int, what: str) -> list[tuple[np.ndarray,
                                                                            np.ndarray]]:
     """(inputs, targets) int32 of each example that keeps a scored token within seq_len: its
     tokens but the last, and the next tokens where they are written (IGNORE elsewhere)."""
     encoded, cut = [], 0
     for segments in examples:
-        ids, scored = encode(segments, tokenizer)
+        ids, scored = encode_segments(segments, tokenizer)
         cut += len(ids) > seq_len + 1
         ids, scored = ids[:seq_len + 1], scored[:seq_len + 1]
         encoded.append((ids[:-1].astype(np.int32),

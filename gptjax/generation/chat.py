@@ -58,6 +58,21 @@ def dialogue_segments(messages: Sequence[Mapping[str, Any]], where: str = "messa
     return segments
 
 
+def encode_segments(segments: Sequence[tuple[str, bool]], tokenizer) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+    """(ids, written) of segments as training sees them (gptjax.data.tasks) and chat prompts
+    with them: each segment encoded on its own, and a written one followed by the tokenizer's
+    eos when it has one (a fine-tuned model learns to stop)."""
+    ids: list[int] = []
+    written: list[bool] = []
+    eos = tokenizer.eos_token_id
+    for text, by_model in segments:
+        part = tokenizer.encode(text) + ([eos] if by_model and eos is not None else [])
+        ids += part
+        written += [by_model] * len(part)
+    return np.asarray(ids, np.int64), np.asarray(written, bool)
+
+
 class Chat:
     """Messages [{'role', 'content'}] and the model that answers them."""
 
@@ -79,16 +94,23 @@ class Chat:
         self.options["eos_token_id"] = stops
         GenerationConfig.build({}, self.options)  # a bad option fails now, not at the first reply
 
+    def _segments(self, messages) -> list[tuple[str, bool]]:
+        return dialogue_segments(self.system + messages, "chat", reply=True)
+
     def prompt(self, messages) -> str:
         """The transcript of `messages` ending with an open 'Assistant:' turn."""
-        return "".join(text for text, _ in dialogue_segments(self.system + messages, "chat",
-                                                             reply=True))
+        return "".join(text for text, _ in self._segments(messages))
+
+    def prompt_ids(self, messages) -> list[int]:
+        """The prompt's token ids exactly as a dialogue fine-tune saw the transcript: segment
+        by segment, eos after each earlier assistant turn."""
+        return encode_segments(self._segments(messages), self.tokenizer)[0].tolist()
 
     def _fitting(self, messages) -> list[dict[str, str]]:
         """The newest messages whose prompt leaves room for max_new_tokens in the context."""
         room = self.model.cfg.max_len - self.options["max_new_tokens"]
         while True:
-            if len(self.tokenizer.encode(self.prompt(messages))) <= room:
+            if len(self.prompt_ids(messages)) <= room:
                 return messages
             if len(messages) == 1:
                 raise GenerationError(
@@ -100,7 +122,7 @@ class Chat:
     def reply(self, text: str) -> str:
         """The assistant's answer to `text`; both join the transcript."""
         messages = self._fitting(self.messages + [{"role": "user", "content": text}])
-        result = generate_text(self.model, self.tokenizer, [self.prompt(messages)],
+        result = generate_text(self.model, self.tokenizer, [self.prompt_ids(messages)],
                                **self.options)[0]
         answer = result["new_text"].strip()
         self.messages = messages + [{"role": "assistant", "content": answer}]

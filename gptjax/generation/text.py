@@ -29,7 +29,8 @@ def defaults_for(model, tokenizer) -> dict[str, Any]:
 
 def generate_text(model, tokenizer, prompts: Sequence[str], *, streamer=None,
                   **options) -> list[dict[str, Any]]:
-    """Encode `prompts`, generate (options as `generate`'s), decode.
+    """Encode `prompts` (each a text, or its token ids as a list), generate (options as
+    `generate`'s), decode.
 
     Returns one dict per output sequence, in order (prompt i's num_return_sequences outputs
     side by side): {'prompt': i, 'ids': prompt + new ids (no padding), 'text': the decoded ids,
@@ -37,7 +38,7 @@ def generate_text(model, tokenizer, prompts: Sequence[str], *, streamer=None,
     """
     if not prompts:
         raise GenerationError("no prompt given: pass --prompt TEXT or --prompt_file PATH")
-    encoded = [tokenizer.encode(p) for p in prompts]
+    encoded = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
     for i, ids in enumerate(encoded):
         if not ids:
             raise GenerationError(f"prompt {i} ({prompts[i]!r}) encodes to no tokens; give it "
