@@ -8,8 +8,7 @@ gptjax's validation refuses, a prompt that does not fit) prints one line, `NAME:
 where the message names the fix, and exits 1 (2 for flag and usage errors). Anything else is a
 bug and keeps its traceback, a ValueError raised inside a library (not by gptjax) included.
 INFO logs of libraries (orbax, TFDS) stay out of the terminal; gptjax's own logs and every
-warning still show. GPTJAX_DEBUG=1 shows tracebacks and the
-libraries' INFO logs too.
+warning still show. GPTJAX_DEBUG=1 shows tracebacks and the libraries' INFO logs too.
 """
 
 from __future__ import annotations

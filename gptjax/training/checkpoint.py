@@ -109,9 +109,10 @@ def move_aside(directory: str | os.PathLike, step: int, why: str) -> None:
         f"checkpoint {directory}/{step} is unreadable on process {jax.process_index()} of "
         f"{jax.process_count()} ({why}); it is {moved}. The processes of a multi-process run "
         "do not fall back on their own (each could resume from another step), so this run "
-        "stops here, with nothing trained over it: run the same command again and every "
-        "process resumes from " + (f"step {older[0]}, the newest checkpoint left" if older
-                                   else "step 0 (no other checkpoint is left)"))
+        "stops here, with nothing trained over it: " + (
+            f"run the same command again and every process resumes from step {older[0]}, the "
+            "newest checkpoint left" if older else "no older checkpoint is left; to train the "
+            f"run again from step 0, move {directory} (and metrics.jsonl) aside or delete them"))
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:
