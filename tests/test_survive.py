@@ -309,37 +309,50 @@ def _finish(procs, outs, timeout=180):
     return [json.loads(o.read_text()) for o in outs]
 
 
-def test_two_processes_stop_at_the_same_step_when_one_is_preempted(runs, tmp_path):
-    """Only process 1 gets SIGTERM; jax's preemption sync point stops both after the same step,
-    which both checkpoint; both exit 0, and both resume from it."""
-    workdir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def two_processes(runs, tmp_path_factory):
+    """Two jax.distributed processes; only process 1 gets SIGTERM after step 3; then both
+    resume for 2 more steps."""
+    tmp = tmp_path_factory.mktemp("two_processes")
+    workdir = tmp / "run"
     cfg = config(runs["tmp"], num_steps=5000)  # runs["tmp"]: the data is prepared already
-    procs, outs = _two_workers(tmp_path, workdir, cfg, "first")
+    procs, outs = _two_workers(tmp, workdir, cfg, "first")
     _wait_for_step(workdir, 3, procs)
     procs[1].send_signal(signal.SIGTERM)
     first = _finish(procs, outs)
     step = first[0]["step"]
-    assert first == [{"step": step, "preempted": True}] * 2
-    assert ckpt_lib.steps(workdir / "checkpoints")[0] == step
+    newest_at_stop = ckpt_lib.steps(workdir / "checkpoints")[0]
     cfg["train"]["num_steps"] = step + 2
-    procs, outs = _two_workers(tmp_path, workdir, cfg, "resumed")
-    assert _finish(procs, outs) == [{"step": step + 2, "preempted": None}] * 2
-    assert [r["step"] for r in read_metrics(workdir)] == list(range(1, step + 3))
+    resumed = _finish(*_two_workers(tmp, workdir, cfg, "resumed"))
+    return dict(workdir=workdir, cfg=cfg, step=step, first=first, resumed=resumed,
+                newest_at_stop=newest_at_stop)
 
 
-def test_two_processes_stop_together_when_one_cannot_read_the_newest_checkpoint(runs, tmp_path):
-    """Step 10 reads on process 0 but not on process 1 (its own data-iterator file is garbled).
-    Before, process 1 fell back to step 5 alone while process 0 resumed from 10, and the first
-    mismatched collective aborted both. Now the resume stops on both processes, trains nothing,
-    names the checkpoint and the process; step 10 is moved aside, and the same command run again
-    resumes both processes from step 5."""
+def test_two_processes_stop_at_the_same_step_when_one_is_preempted(two_processes):
+    """jax's preemption sync point stops both after the same step, which both checkpoint; both
+    exit 0, and both resume from it."""
+    step = two_processes["step"]
+    assert two_processes["first"] == [{"step": step, "preempted": True}] * 2
+    assert two_processes["newest_at_stop"] == step
+    assert two_processes["resumed"] == [{"step": step + 2, "preempted": None}] * 2
+    assert [r["step"] for r in read_metrics(two_processes["workdir"])] == list(
+        range(1, step + 3))
+
+
+def test_two_processes_stop_together_when_one_cannot_read_the_newest_checkpoint(two_processes,
+                                                                               tmp_path):
+    """The newest step reads on process 0 but not on process 1 (its own data-iterator file is
+    garbled). Before, process 1 fell back to an older step alone while process 0 resumed from
+    the newest, and the first mismatched collective aborted both. Now the resume stops on both
+    processes, trains nothing, names the checkpoint and the process; the step is moved aside,
+    and the same command run again resumes both processes from the step before it."""
     workdir = tmp_path / "run"
-    cfg = config(runs["tmp"], num_steps=10)  # checkpoints at steps 5 and 10
-    assert _finish(*_two_workers(tmp_path, workdir, cfg, "first")) == [
-        {"step": 10, "preempted": None}] * 2
+    shutil.copytree(two_processes["workdir"], workdir)
     ckpts = workdir / "checkpoints"
-    (ckpts / "10" / "data" / "process_1-of-2.json").write_text("{truncated")
-    cfg["train"]["num_steps"] = 12
+    newest, older = ckpt_lib.steps(ckpts)[:2]
+    (ckpts / str(newest) / "data" / "process_1-of-2.json").write_text("{truncated")
+    cfg = dict(two_processes["cfg"], train=dict(two_processes["cfg"]["train"],
+                                                num_steps=newest + 2))
     procs, outs = _two_workers(tmp_path, workdir, cfg, "broken")
     try:
         logs = [p.communicate(timeout=180)[1] for p in procs]
@@ -347,14 +360,15 @@ def test_two_processes_stop_together_when_one_cannot_read_the_newest_checkpoint(
         for p in procs:
             p.kill()
     assert [p.returncode != 0 for p in procs] == [True, True], logs[1][-3000:]
-    assert (f"CheckpointError: checkpoint {ckpts}/10 is unreadable on process 1 of 2 "
+    assert (f"CheckpointError: checkpoint {ckpts}/{newest} is unreadable on process 1 of 2 "
             "(JSONDecodeError") in logs[1]
-    assert "run the same command again and every process resumes from step 5" in logs[1]
-    assert [r["step"] for r in read_metrics(workdir)] == list(range(1, 11))  # nothing trained
-    assert sorted(p.name for p in ckpts.iterdir()) == ["10.corrupt", "5"]
+    assert f"run the same command again and every process resumes from step {older}" in logs[1]
+    assert [r["step"] for r in read_metrics(workdir)] == list(range(1, newest + 1))
+    assert ckpt_lib.steps(ckpts)[0] == older and ckpt_lib.corrupt_steps(ckpts) == [
+        f"{newest}.corrupt"]
     assert _finish(*_two_workers(tmp_path, workdir, cfg, "again")) == [
-        {"step": 12, "preempted": None}] * 2
-    assert [r["step"] for r in read_metrics(workdir)] == list(range(1, 13))
+        {"step": newest + 2, "preempted": None}] * 2
+    assert [r["step"] for r in read_metrics(workdir)] == list(range(1, newest + 3))
 
 
 if __name__ == "__main__":
