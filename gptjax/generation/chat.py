@@ -106,12 +106,14 @@ class Chat:
         by segment, eos after each earlier assistant turn."""
         return encode_segments(self._segments(messages), self.tokenizer)[0].tolist()
 
-    def _fitting(self, messages) -> list[dict[str, str]]:
-        """The newest messages whose prompt leaves room for max_new_tokens in the context."""
+    def _fitting(self, messages) -> tuple[list[dict[str, str]], list[int]]:
+        """The newest messages whose prompt leaves room for max_new_tokens in the context, and
+        that prompt's ids."""
         room = self.model.cfg.max_len - self.options["max_new_tokens"]
         while True:
-            if len(self.prompt_ids(messages)) <= room:
-                return messages
+            ids = self.prompt_ids(messages)
+            if len(ids) <= room:
+                return messages, ids
             if len(messages) == 1:
                 raise GenerationError(
                     f"the message is too long for the model's context ({self.model.cfg.max_len} "
@@ -121,9 +123,8 @@ class Chat:
 
     def reply(self, text: str) -> str:
         """The assistant's answer to `text`; both join the transcript."""
-        messages = self._fitting(self.messages + [{"role": "user", "content": text}])
-        result = generate_text(self.model, self.tokenizer, [self.prompt_ids(messages)],
-                               **self.options)[0]
+        messages, ids = self._fitting(self.messages + [{"role": "user", "content": text}])
+        result = generate_text(self.model, self.tokenizer, [ids], **self.options)[0]
         answer = result["new_text"].strip()
         self.messages = messages + [{"role": "assistant", "content": answer}]
         return answer
