@@ -107,6 +107,14 @@ def test_model_name_from_lscpu_and_cpuinfo():
     assert bench.parse_model_name("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n") == \
         "AMD EPYC 7B13"
     assert bench.parse_model_name("processor\t: 0\n") is None
+    # A name without its model number gets the family and model (lscpu's and cpuinfo's labels)
+    assert bench.parse_model_name("CPU family:  26\nModel:   2\nModel name:  AMD EPYC\n") == \
+        "AMD EPYC (family 26, model 2)"
+    assert bench.parse_model_name("cpu family\t: 6\nmodel\t\t: 85\nmodel name\t: Intel(R) "
+                                  "Xeon(R) CPU @ 2.80GHz\n") == \
+        "Intel(R) Xeon(R) CPU @ 2.80GHz (family 6, model 85)"
+    assert bench.parse_model_name("cpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC "
+                                  "7B13\n") == "AMD EPYC 7B13"
     cpuinfo = pathlib.Path("/proc/cpuinfo")
     if cpuinfo.exists() and bench.parse_model_name(cpuinfo.read_text()):
         assert bench.machine()["cpu_model"] == bench.parse_model_name(cpuinfo.read_text())

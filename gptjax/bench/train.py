@@ -154,9 +154,18 @@ def cpu_model() -> str:
 
 
 def parse_model_name(text: str) -> str | None:
-    """'Model name: X' (lscpu) or 'model name : X' (/proc/cpuinfo) -> X."""
+    """'Model name: X' (lscpu) or 'model name : X' (/proc/cpuinfo) -> X. A virtual machine's
+    name may carry no model number ('AMD EPYC'), and two generations then read alike: the
+    family and model numbers of the same text are added to it ('AMD EPYC (family 26, model 2)')."""
     found = re.search(r"^model name\s*:\s*(\S.*?)\s*$", text, re.M | re.I)
-    return found.group(1) if found else None
+    if not found:
+        return None
+    name = found.group(1)
+    family = re.search(r"^(?:cpu )?family\s*:\s*(\d+)\s*$", text, re.M | re.I)
+    model = re.search(r"^model\s*:\s*(\d+)\s*$", text, re.M | re.I)
+    if family and model and not re.search(r"\d", re.sub(r"@.*", "", name)):
+        name += f" (family {family.group(1)}, model {model.group(1)})"
+    return name
 
 
 def machine() -> dict[str, Any]:
