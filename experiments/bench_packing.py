@@ -18,7 +18,7 @@ from absl import app, flags
 
 from experiments import cli
 from gptjax.bench import packing as bench
-from gptjax.bench.train import cpu_model
+from gptjax.bench.host import cpu_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS

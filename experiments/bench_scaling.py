@@ -8,7 +8,6 @@ Writes docs/bench_scaling.md and docs/bench_scaling.json (see --out).
 
 import json
 import pathlib
-import platform
 
 import jax
 from absl import app, flags
@@ -17,6 +16,7 @@ from ml_collections import ConfigDict, config_flags
 from experiments import cli
 from gptjax.config import Config
 from gptjax.bench import scaling
+from gptjax.bench.host import cpu_model
 
 
 def default_config() -> ConfigDict:
@@ -56,7 +56,7 @@ def main(argv):
     device = jax.devices()[0]
     m = config.model
     notes = (f"{jax.device_count()} x {device.device_kind} ({device.platform}), "
-             f"jax {jax.__version__}, {platform.processor() or platform.machine()}. "
+             f"jax {jax.__version__}, host CPU {cpu_model()}. "
              f"GPT {m.num_layers} layers, d_model {m.d_model}, {m.num_heads} heads, vocab "
              f"{m.vocab_size}; global batch {config.data.batch_size} x {config.data.seq_len} "
              f"tokens, float32, {_STEPS.value} timed steps after compiling. 'state' is params + "

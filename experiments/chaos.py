@@ -22,7 +22,7 @@ from absl import app, flags, logging
 
 from experiments import cli
 from gptjax.bench import chaos
-from gptjax.bench.train import cpu_model
+from gptjax.bench.host import cpu_model
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 200, "Training steps of each run.")

@@ -9,6 +9,7 @@ import pathlib
 import pytest
 
 from gptjax.bench import generate as bench_generate
+from gptjax.bench import host
 from gptjax.bench import train as bench
 from gptjax.config import Config
 
@@ -101,23 +102,23 @@ def test_torch_missing_from_the_peer_venv_names_the_fix(tmp_path):
 
 
 def test_model_name_from_lscpu_and_cpuinfo():
-    assert bench.parse_model_name("Architecture: x86_64\nModel name:    Intel(R) Xeon(R) "
+    assert host.parse_model_name("Architecture: x86_64\nModel name:    Intel(R) Xeon(R) "
                                   "Processor @ 2.80GHz\nStepping: 7\n") == \
         "Intel(R) Xeon(R) Processor @ 2.80GHz"
-    assert bench.parse_model_name("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n") == \
+    assert host.parse_model_name("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n") == \
         "AMD EPYC 7B13"
-    assert bench.parse_model_name("processor\t: 0\n") is None
+    assert host.parse_model_name("processor\t: 0\n") is None
     # A name without its model number gets the family and model (lscpu's and cpuinfo's labels)
-    assert bench.parse_model_name("CPU family:  26\nModel:   2\nModel name:  AMD EPYC\n") == \
+    assert host.parse_model_name("CPU family:  26\nModel:   2\nModel name:  AMD EPYC\n") == \
         "AMD EPYC (family 26, model 2)"
-    assert bench.parse_model_name("cpu family\t: 6\nmodel\t\t: 85\nmodel name\t: Intel(R) "
+    assert host.parse_model_name("cpu family\t: 6\nmodel\t\t: 85\nmodel name\t: Intel(R) "
                                   "Xeon(R) CPU @ 2.80GHz\n") == \
         "Intel(R) Xeon(R) CPU @ 2.80GHz (family 6, model 85)"
-    assert bench.parse_model_name("cpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC "
+    assert host.parse_model_name("cpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC "
                                   "7B13\n") == "AMD EPYC 7B13"
     cpuinfo = pathlib.Path("/proc/cpuinfo")
-    if cpuinfo.exists() and bench.parse_model_name(cpuinfo.read_text()):
-        assert bench.machine()["cpu_model"] == bench.parse_model_name(cpuinfo.read_text())
+    if cpuinfo.exists() and host.parse_model_name(cpuinfo.read_text()):
+        assert bench.machine()["cpu_model"] == host.parse_model_name(cpuinfo.read_text())
 
 
 def _round(peer_tps, step_tps, loop_tps, wall, to_target, peer_wall):

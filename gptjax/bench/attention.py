@@ -25,6 +25,7 @@ from concurrent import futures
 import jax
 import jax.numpy as jnp
 
+from gptjax.bench.host import cpu_model
 from gptjax.model import kernels
 from gptjax.model.masks import causal
 
@@ -299,8 +300,8 @@ def write_report(cases, outdir, *, title="Attention kernels", command="", heads=
     plots = _plot(cases, outdir)
     device = jax.devices()[0]
     lines = [f"# {title}", "", f"Device: {device.platform} ({device.device_kind}), "
-             f"{jax.device_count()} device(s); batch 1, {heads} query heads of {head_dim}, "
-             f"{jnp.dtype(dtype).name}, causal.",
+             f"{jax.device_count()} device(s), host CPU {cpu_model()}; batch 1, {heads} query "
+             f"heads of {head_dim}, {jnp.dtype(dtype).name}, causal.",
              "Memory is XLA's plan for the compiled program (arguments + outputs + temporaries).",
              ""]
     if command:
