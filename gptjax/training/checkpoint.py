@@ -315,8 +315,9 @@ def load_params(workdir: str | os.PathLike, step: int | None = None):
                                                  spikes.init(cfg.train), loss_scale.init(cfg)))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = abstract_with_sharding(abstract, jax.tree.map(lambda _: device, abstract))
-    manager = ocp.CheckpointManager(ckpt_dir.absolute(),
-                                    item_handlers={"state": ocp.StandardCheckpointHandler()})
+    # Every item's handler, though only the state is read: orbax warns of each item it has
+    # none for when it reads the step's metadata.
+    manager = ocp.CheckpointManager(ckpt_dir.absolute(), item_handlers=_handlers())
     try:
         target = fit_loss_scale(finetune.saved_state(cfg, abstract),
                                 holds_loss_scale(manager, step))
