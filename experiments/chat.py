@@ -30,6 +30,11 @@ flags.DEFINE_float("top_p", None, "Nucleus sampling: smallest set holding this p
 flags.DEFINE_float("repetition_penalty", None, "Penalty > 1 for tokens already in the text.")
 flags.DEFINE_integer("seed", None, "Sampling seed (default 0).")
 
+# Shown for an empty reply, which is what a model never fine-tuned on the transcript often
+# gives: it ends the 'Assistant:' line at once.
+NO_REPLY = ("(no reply: the model ended its turn at once, as a model not fine-tuned on "
+            "dialogues (data.task='dialogue') often does)")
+
 OPTIONS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
            "seed")
 
@@ -58,7 +63,7 @@ def main(argv):
         if not text:
             continue
         try:
-            print(f"Assistant: {chat.reply(text)}", flush=True)
+            print(f"Assistant: {chat.reply(text) or NO_REPLY}", flush=True)
         except GenerationError as e:  # e.g. a message longer than the context: say, go on
             print(f"(not sent: {e})", flush=True)
 

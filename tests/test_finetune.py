@@ -327,6 +327,28 @@ def test_chat_command_talks_until_quit(hf_run):
     assert out.stdout.count("Assistant: ") == 2, out.stdout
 
 
+def test_chat_command_says_so_when_the_model_ends_its_turn_at_once(tmp_path):
+    """A model that answers every turn with a newline (its final LayerNorm outputs one fixed
+    direction, which only the newline's embedding row points along) gets a line saying why
+    the reply is empty, not a bare 'Assistant: '."""
+    model = GPT.from_pretrained(TINY)
+    tokenizer = Tokenizer.from_pretrained(TINY)
+    (newline,) = tokenizer.encode("\n")
+    model.ln_f.scale[...] = jnp.zeros_like(model.ln_f.scale[...])
+    model.ln_f.bias[...] = jnp.zeros_like(model.ln_f.bias[...]).at[0].set(1.0)
+    model.wte.embedding[...] = model.wte.embedding[...].at[:, 0].set(0.0).at[newline, 0].set(10.0)
+    model.save_pretrained(tmp_path / "m")
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        shutil.copy(TINY / name, tmp_path / "m" / name)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    out = subprocess.run([sys.executable, "-m", "experiments.chat",
+                          f"--checkpoint={tmp_path / 'm'}", "--nodo_sample", "--max_new_tokens=4"],
+                         input="Hello?\n/quit\n",
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Assistant: (no reply: the model ended its turn at once" in out.stdout, out.stdout
+
+
 def test_finetune_command_needs_init_from(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", XLA_FLAGS="")
     out = subprocess.run([sys.executable, "-m", "experiments.finetune",
