@@ -75,6 +75,11 @@ def table(f: dict, run: str, tmp: pathlib.Path) -> list[tuple[str, str, list[str
          r"--config\.foo\.bar: config has no field 'foo'"),
         ("train", "bad-override-type", [*train, "--config.model.num_layers=two"],
          r"config\.model\.num_layers"),
+        ("train", "step-larger-than-memory", [*train, "--config.data.batch_size=8192",
+                                               "--config.model.max_len=1024",
+                                               "--config.data.seq_len=1024"],
+         r"the train step needs [\d.]+ GiB per device by XLA's plan .* more than the "
+         r"[\d.]+ GiB of the host's .*optim\.grad_accum=\d+ \(micro-batches of \d+\)"),
         ("train", "zero-layers", [*train, "--config.model.num_layers=0"],
          r"model\.num_layers=0 is invalid"),
         ("train", "negative-batch", [*train, "--config.data.batch_size=-4"],

@@ -40,7 +40,7 @@ from gptjax.model import positions
 from gptjax.model.kernels import check_available
 from gptjax.parallel import make_plan, vocab_shards
 from gptjax.training import checkpoint as ckpt_lib
-from gptjax.training import finetune, host, loss_scale, pretrained, skips, spikes
+from gptjax.training import finetune, host, loss_scale, memory, pretrained, skips, spikes
 from gptjax.training import metrics as metrics_lib
 from gptjax.training import optim
 from gptjax.training.optim import make_optimizer
@@ -224,10 +224,13 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
     check_trainable(abstract.params, trainable)
     state_sharding = plan.shardings(abstract)
     target = ckpt_lib.abstract_with_sharding(abstract, state_sharding)
-    train_step = compile_train_step(cfg, plan, graphdef, tx, schedule, abstract, state_sharding)
-    k = cfg.train.steps_per_call  # jit compiles each program on its first call only
-    train_steps = compile_train_step(cfg, plan, graphdef, tx, schedule, abstract,
-                                     state_sharding, steps=k) if k > 1 else None
+    # jit compiles each program on its first call, which first checks that it fits (memory)
+    train_step = memory.Checked(compile_train_step(cfg, plan, graphdef, tx, schedule, abstract,
+                                                   state_sharding), cfg)
+    k = cfg.train.steps_per_call
+    train_steps = memory.Checked(compile_train_step(
+        cfg, plan, graphdef, tx, schedule, abstract, state_sharding, steps=k), cfg,
+        f"the train step ({k} steps to a call)") if k > 1 else None
     eval_step = plan.compile_eval(eval_step_fn(graphdef), abstract.params)
 
     is_main = jax.process_index() == 0
