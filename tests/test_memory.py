@@ -53,7 +53,7 @@ def test_unknown_memory_checks_nothing(monkeypatch):
 def test_cpu_devices_share_the_hosts_available_ram():
     found = memory.available_bytes(jax.local_devices()[0])
     assert found is not None and 0 < found[0] * jax.local_device_count() < 2 ** 50
-    assert "available RAM" in found[1]
+    assert "available memory (RAM and swap)" in found[1]
 
 
 def test_training_stops_before_the_first_step_when_it_cannot_fit(tmp_path, monkeypatch):

@@ -32,8 +32,9 @@ def planned_bytes(analysis) -> int:
 
 def available_bytes(device) -> tuple[int, str] | None:
     """(bytes one device's program may use, where they come from), or None if unknown. An
-    accelerator's allocator limit; on CPU devices, the host's available RAM shared by this
-    process's devices (Linux's MemAvailable)."""
+    accelerator's allocator limit; on CPU devices, the host's available memory shared by this
+    process's devices (Linux's MemAvailable + SwapFree: a step that would only swap is slow,
+    not refused)."""
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"]), f"on each {device.device_kind}"
@@ -42,12 +43,16 @@ def available_bytes(device) -> tuple[int, str] | None:
     try:
         with open("/proc/meminfo") as f:
             fields = dict(line.split(":", 1) for line in f)
-        free = int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
+        free = sum(int(fields[k].split()[0]) * 1024 for k in ("MemAvailable", "SwapFree")
+                   if k in fields)
+    except (OSError, ValueError):
+        return None
+    if not free:
         return None
     n = jax.local_device_count()
-    return free // n, (f"of the host's {free / GIB:.1f} GiB of available RAM shared by "
-                       f"{n} CPU devices" if n > 1 else "of the host's available RAM")
+    return free // n, (f"of the host's {free / GIB:.1f} GiB of available memory (RAM and swap) "
+                       f"shared by {n} CPU devices" if n > 1
+                       else "of the host's available memory (RAM and swap)")
 
 
 def advice(config: Config, shrink: float = 2.0, state_heavy: bool = True) -> str:
