@@ -95,19 +95,20 @@ def move_aside(directory: str | os.PathLike, step: int, why: str) -> None:
     n = 1
     while target.exists():  # a step corrupted twice keeps both copies
         target, n = directory / f"{step}{CORRUPT_SUFFIX}{n}", n + 1
+    here = f"on process {jax.process_index()} of {jax.process_count()}"
     try:
         (directory / str(step)).rename(target)
-        moved = f"moved aside to {target.name}"
+        moved = f"is unreadable {here} ({why}); it is moved aside to {target.name}"
     except FileNotFoundError:  # another process that could not read it moved it first
-        moved = "moved aside by another process of this run, which could not read it"
+        moved = (f"was moved aside by another process of this run, which could not read it "
+                 f"(here, {here}: {why})")
     if jax.process_count() == 1:
-        logging.warning("checkpoint %s/%d is unreadable (%s): %s; falling back to an older "
-                        "checkpoint", directory, step, why, moved)
+        logging.warning("checkpoint %s/%d %s; falling back to an older checkpoint", directory,
+                        step, moved.replace(f" {here}", ""))
         return
     older = [s for s in steps(directory) if s < step]
     raise CheckpointError(
-        f"checkpoint {directory}/{step} is unreadable on process {jax.process_index()} of "
-        f"{jax.process_count()} ({why}); it is {moved}. The processes of a multi-process run "
+        f"checkpoint {directory}/{step} {moved}. The processes of a multi-process run "
         "do not fall back on their own (each could resume from another step), so this run "
         "stops here, with nothing trained over it: " + (
             f"run the same command again and every process resumes from step {older[0]}, the "
