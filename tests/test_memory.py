@@ -22,9 +22,9 @@ def plan(argument=1, output=1, alias=1, temp=10):
     return types.SimpleNamespace(memory_analysis=lambda: stats)
 
 
-def config(**data):
+def config(batch_size=64):
     c = default_config()
-    c.data.update(batch_size=64, **data)
+    c.data.update(batch_size=batch_size)
     return Config.from_dict(c.to_dict())
 
 
@@ -43,6 +43,10 @@ def test_a_step_that_fits_passes_and_one_that_does_not_names_the_fixes(monkeypat
     # the smallest divisor of the batch (64) at least 40/11 = 3.6 times grad_accum=1
     assert "optim.grad_accum=4 (micro-batches of 16)" in text
     assert "model.remat=True" in text
+    # micro-batches must still split over the batch's shards: 48 / 3 = 16 does not split 12 ways
+    assert "optim.grad_accum=3 (micro-batches of 16)" in memory.advice(config(48), 3.0)
+    assert "optim.grad_accum=4 (micro-batches of 12)" in memory.advice(config(48), 3.0, shards=12)
+    assert "grad_accum" not in memory.advice(config(48), 5.0, shards=12)
 
 
 def test_unknown_memory_checks_nothing(monkeypatch):

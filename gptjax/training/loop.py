@@ -226,11 +226,12 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
     target = ckpt_lib.abstract_with_sharding(abstract, state_sharding)
     # jit compiles each program on its first call, which first checks that it fits (memory)
     train_step = memory.Checked(compile_train_step(cfg, plan, graphdef, tx, schedule, abstract,
-                                                   state_sharding), cfg)
+                                                   state_sharding), cfg,
+                                shards=plan.batch_shards)
     k = cfg.train.steps_per_call
     train_steps = memory.Checked(compile_train_step(
         cfg, plan, graphdef, tx, schedule, abstract, state_sharding, steps=k), cfg,
-        f"the train step ({k} steps to a call)") if k > 1 else None
+        f"the train step ({k} steps to a call)", plan.batch_shards) if k > 1 else None
     eval_step = plan.compile_eval(eval_step_fn(graphdef), abstract.params)
 
     is_main = jax.process_index() == 0

@@ -55,13 +55,16 @@ def available_bytes(device) -> tuple[int, str] | None:
                        else "of the host's available memory (RAM and swap)")
 
 
-def advice(config: Config, shrink: float = 2.0, state_heavy: bool = True) -> str:
+def advice(config: Config, shrink: float = 2.0, state_heavy: bool = True,
+           shards: int = 1) -> str:
     """The fields that make a train step need less memory, for this config; `shrink`: by how
-    much the step's temporaries must shrink (the grad_accum suggested splits the batch so);
+    much the step's temporaries must shrink (the grad_accum suggested splits the batch so, into
+    micro-batches that still split over the `shards` the batch is split over);
     state_heavy: the train state itself is a large share (sharding it is worth suggesting)."""
     fixes = []
     b, k = config.data.batch_size, config.optim.grad_accum
-    more = next((n for n in range(max(2 * k, math.ceil(k * shrink)), b + 1) if b % n == 0), None)
+    more = next((n for n in range(max(2 * k, math.ceil(k * shrink)), b + 1)
+                 if b % n == 0 and (b // n) % shards == 0), None)
     if more is not None:
         fixes.append(f"optim.grad_accum={more} (micro-batches of {b // more})")
     if not config.model.remat:
@@ -75,7 +78,7 @@ def advice(config: Config, shrink: float = 2.0, state_heavy: bool = True) -> str
     return "; ".join(fixes)
 
 
-def check_fits(compiled, config: Config, what: str = "the train step") -> None:
+def check_fits(compiled, config: Config, what: str = "the train step", shards: int = 1) -> None:
     """ConfigError if XLA's plan for `compiled` exceeds the memory of one of its devices (a
     warning instead when several processes run: their hosts' free memory may differ, and one
     process stopping alone would leave the others waiting in a collective)."""
@@ -88,7 +91,7 @@ def check_fits(compiled, config: Config, what: str = "the train step") -> None:
     if need <= limit:
         return
     fixes = advice(config, shrink=analysis.temp_size_in_bytes / max(1, limit - held),
-                   state_heavy=held > limit / 4)
+                   state_heavy=held > limit / 4, shards=shards)
     text = (f"{what} needs {need / GIB:.2f} GiB per device by XLA's plan "
             f"({analysis.argument_size_in_bytes / GIB:.2f} GiB of train state and batch, "
             f"{analysis.temp_size_in_bytes / GIB:.2f} GiB of temporaries), more than the "
@@ -105,8 +108,10 @@ class Checked:
     """A jitted step that, on its first call, is compiled for those arguments and checked with
     check_fits before it runs; every call runs that compiled program (no second trace)."""
 
-    def __init__(self, step: Callable, config: Config, what: str = "the train step"):
-        self.step, self.config, self.what = step, config, what
+    def __init__(self, step: Callable, config: Config, what: str = "the train step",
+                 shards: int = 1):
+        """shards: how many ways the plan splits a batch (micro-batches must split so too)."""
+        self.step, self.config, self.what, self.shards = step, config, what, shards
         self.compiled: Callable | None = None
 
     def __call__(self, *args):
@@ -114,6 +119,6 @@ class Checked:
             lower = getattr(self.step, "lower", None)
             compiled = self.step if lower is None else lower(*args).compile()
             if lower is not None:
-                check_fits(compiled, self.config, self.what)
+                check_fits(compiled, self.config, self.what, self.shards)
             self.compiled = compiled
         return self.compiled(*args)
