@@ -341,6 +341,18 @@ GUARANTEES = [
      'tests/test_survive.py::test_truncated_newest_checkpoint_falls_back_and_resumes_bitwise,'
      ' ::test_no_readable_checkpoint_is_an_error_not_a_fresh_start; the chaos run '
      '(truncated)'),
+    ('In a multi-process run, a checkpoint that one process cannot read stops every process '
+     'before anything trains, naming the checkpoint and the process; the same command run '
+     'again resumes every process from the same older step.',
+     'tests/test_survive.py::test_two_processes_stop_together_when_one_cannot_read_the_'
+     'newest_checkpoint'),
+    ('A train step too large for the devices\' memory (an accelerator\'s limit, or the '
+     'host\'s available RAM and swap) is refused once compiled, before it runs: one line '
+     'with XLA\'s plan for it and the fields that shrink it (a grad_accum that fits, remat, '
+     'fsdp); nothing is trained or checkpointed.',
+     'tests/test_memory.py::test_training_stops_before_the_first_step_when_it_cannot_fit, '
+     '::test_a_step_that_fits_passes_and_one_that_does_not_names_the_fixes; '
+     'tests/test_cli_errors.py (train:step-larger-than-memory)'),
     ('Raising `train.num_steps` of a finished run keeps its learning-rate schedule, and '
      'says so.',
      'tests/test_survive.py::test_raised_num_steps_keeps_the_schedule'),
