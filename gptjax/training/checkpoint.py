@@ -95,16 +95,17 @@ def move_aside(directory: str | os.PathLike, step: int, why: str) -> None:
     n = 1
     while target.exists():  # a step corrupted twice keeps both copies
         target, n = directory / f"{step}{CORRUPT_SUFFIX}{n}", n + 1
-    here = f"on process {jax.process_index()} of {jax.process_count()}"
+    several = jax.process_count() > 1
+    here = f" on process {jax.process_index()} of {jax.process_count()}" if several else ""
     try:
         (directory / str(step)).rename(target)
-        moved = f"is unreadable {here} ({why}); it is moved aside to {target.name}"
+        moved = f"is unreadable{here} ({why}); it is moved aside to {target.name}"
     except FileNotFoundError:  # another process that could not read it moved it first
         moved = (f"was moved aside by another process of this run, which could not read it "
-                 f"(here, {here}: {why})")
-    if jax.process_count() == 1:
+                 f"(here,{here}: {why})")
+    if not several:
         logging.warning("checkpoint %s/%d %s; falling back to an older checkpoint", directory,
-                        step, moved.replace(f" {here}", ""))
+                        step, moved)
         return
     older = [s for s in steps(directory) if s < step]
     raise CheckpointError(

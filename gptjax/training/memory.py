@@ -116,9 +116,7 @@ class Checked:
 
     def __call__(self, *args):
         if self.compiled is None:
-            lower = getattr(self.step, "lower", None)
-            compiled = self.step if lower is None else lower(*args).compile()
-            if lower is not None:
-                check_fits(compiled, self.config, self.what, self.shards)
+            compiled = self.step.lower(*args).compile()
+            check_fits(compiled, self.config, self.what, self.shards)
             self.compiled = compiled
         return self.compiled(*args)
