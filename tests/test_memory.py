@@ -70,5 +70,15 @@ def test_training_stops_before_the_first_step_when_it_cannot_fit(tmp_path, monke
         train(c, tmp_path / "run")
     assert not steps(tmp_path / "run" / "checkpoints")
     assert not (tmp_path / "run" / "metrics.jsonl").read_text().strip()
+    assert not (tmp_path / "run" / "config.json").exists()  # no half-made run is left
     monkeypatch.undo()  # the same run, with the memory there, trains
     assert train(c, tmp_path / "run")["step"] == 4
+    # A resume refused for its memory leaves the run's config.json, which still describes
+    # its checkpoints, as it was.
+    written = (tmp_path / "run" / "config.json").read_text()
+    monkeypatch.setattr(memory, "available_bytes", lambda device: (2 ** 20, "on each test chip"))
+    c.train.num_steps, c.data.batch_size = 6, 16
+    with pytest.raises(ConfigError, match="the train step needs"):
+        train(c, tmp_path / "run")
+    assert (tmp_path / "run" / "config.json").read_text() == written
+    assert max(steps(tmp_path / "run" / "checkpoints")) == 4

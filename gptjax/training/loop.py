@@ -162,6 +162,10 @@ class Run:
     stop: StopRequest | None = None  # SIGTERM / Ctrl-C: save and stop after the step
     metrics: Any = None  # the newest call's metrics, on the device
     call_steps: int = 1  # how many steps the newest call ran (its metrics' leading axis if > 1)
+    # run_info.json's content, written with config.json and the tokenizer once the first call
+    # has run (a run refused before, e.g. too large for memory, leaves the workdir's files as
+    # they were); None on the processes that do not write them
+    run_info: dict | None = None
 
     @property
     def state(self) -> TrainState:
@@ -235,8 +239,6 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
     eval_step = plan.compile_eval(eval_step_fn(graphdef), abstract.params)
 
     is_main = jax.process_index() == 0
-    if is_main:
-        _write_workdir(workdir, cfg, data.tokenizer, finetune.run_info(cfg, abstract, tx))
     checkpoints = ckpt_lib.Checkpoints(ckpt_dir, keep=cfg.train.keep_checkpoints)
     if start is None:
         start = 0
@@ -260,6 +262,7 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
                leaves=jax.tree.leaves(state), start=start, checkpoints=checkpoints,
                writer=writer, meter=_meter(cfg, plan, abstract, workdir), pbar=pbar,
                sampling=sampling, final={"step": start},
+               run_info=finetune.run_info(cfg, abstract, tx) if is_main else None,
                skip_guard=skips.SkipGuard(cfg.train.max_consecutive_skips, last_applied=start))
 
 
@@ -422,6 +425,8 @@ def run_steps(run: Run, actions: Iterable[Action], callbacks: Iterable[Callback]
         step += n  # the count after this call's updates
         run.metrics = metrics
         if first:  # the first call compiles: keep it out of tokens/s
+            if run.run_info is not None:
+                _write_workdir(run.workdir, run.cfg, run.data.tokenizer, run.run_info)
             run.final["first_step_seconds"] = run.meter.first(metrics)
             logging.info("first step (compile + run): %.1f s", run.final["first_step_seconds"])
         else:
