@@ -1,5 +1,6 @@
 """gptjax.data: TFDS builders for local text and the embedded corpus, the grain pipeline, errors."""
 
+import tempfile
 import time
 
 import numpy as np
@@ -212,6 +213,14 @@ def test_a_changed_file_is_prepared_again_and_unchanged_tokens_come_from_the_cac
         f.write("Zebras! " * 20)
     data = build(tmp_path, text_file)
     assert "Z" in data.tokenizer.decode(range(data.vocab_size))
+
+
+def test_preparing_a_text_leaves_no_temporary_folder(tmp_path, text_file, monkeypatch):
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where tempfile.mkdtemp makes them
+    build(tmp_path, text_file)
+    assert not list(temp.iterdir())
 
 
 def test_separate_validation_file(tmp_path, text_file):

@@ -127,6 +127,15 @@ def chunks(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
         start = end
 
 
+class _LocalInfo(tfds.core.DatasetInfo):
+    """A local text's DatasetInfo, with no metadata to look up on TFDS's bucket: TFDS's lookup
+    makes a temporary folder (tempfile.mkdtemp) that it never removes, one in /tmp for every
+    builder of a text not yet prepared."""
+
+    def initialize_from_bucket(self) -> None:
+        pass
+
+
 class GptjaxText(tfds.core.GeneratorBasedBuilder):
     """Local text as TFDS splits 'train' and 'validation' (registered as 'gptjax_text')."""
 
@@ -153,7 +162,7 @@ class GptjaxText(tfds.core.GeneratorBasedBuilder):
         return None
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return _LocalInfo(
             builder=self,
             description="Text documents in chunks, in their original order.",
             features=tfds.features.FeaturesDict(
