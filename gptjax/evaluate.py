@@ -163,9 +163,9 @@ def fits(example: Example, max_len: int) -> bool:
 # ---- answer loss -------------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnames="graphdef")
-def _answer_sums(graphdef, params, inputs, targets):
-    """(summed cross-entropy, count) of the scored targets: the training loss's numerator and
-    denominator."""
+def loss_sums(graphdef, params, inputs, targets):
+    """(summed cross-entropy, count) of the scored targets (negative: not scored): the training
+    loss's numerator and denominator."""
     ce, _, count = cross_entropy_sums(apply(graphdef, params, inputs), targets)
     return ce, count
 
@@ -182,7 +182,7 @@ def answer_loss(model, examples: Sequence[Example], batch_size: int = 8) -> floa
             n = len(e.ids) - 1
             inputs[row, :n] = e.ids[:-1]
             targets[row, :n] = np.where(e.scored[1:], e.ids[1:], tasks.IGNORE)
-        ce, n = _answer_sums(graphdef, params, inputs, targets)
+        ce, n = loss_sums(graphdef, params, inputs, targets)
         total, count = total + float(ce), count + float(n)
     return total / max(count, 1.0)
 

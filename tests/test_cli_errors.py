@@ -49,6 +49,7 @@ def files(tmp: pathlib.Path) -> dict:
     pt_dir.mkdir()
     (pt_dir / "model.pt").write_bytes(b"not loaded")
     (tmp / "long_prompt.txt").write_text("word " * 400)
+    (tmp / "unseen_chars.txt").write_text("hello ☃ world\n")  # not in a char model's vocabulary
     (tmp / "long.jsonl").write_text(json.dumps({"question": "word " * 400, "answer": "b"}) + "\n")
     rope_run = tmp / "rope_run"  # a run's workdir as far as its config goes
     (rope_run / "checkpoints").mkdir(parents=True)
@@ -178,6 +179,26 @@ def table(f: dict, run: str, tmp: pathlib.Path) -> list[tuple[str, str, list[str
                                          "--task=qa", "--max_new_tokens=0"], r"max_new_tokens"),
         ("evaluate", "zero-examples", [f"--checkpoint={TINY}", f"--data={f['good.jsonl']}",
                                        "--task=qa", "--max_examples=0"], r"max_examples"),
+        ("perplexity", "missing-text", [f"--checkpoint={TINY}",
+                                        f"--text_file={tmp / 'none.txt'}"], r"none\.txt"),
+        ("perplexity", "empty-text", [f"--checkpoint={TINY}", f"--text_file={f['empty.txt']}"],
+         r"empty\.txt holds no text"),
+        ("perplexity", "binary-text", [f"--checkpoint={TINY}",
+                                       f"--text_file={f['binary.txt']}"], r"not UTF-8"),
+        ("perplexity", "text-is-folder", [f"--checkpoint={TINY}", f"--text_file={f['adir']}"],
+         r"adir"),
+        ("perplexity", "missing-checkpoint", [f"--checkpoint={tmp / 'nope'}",
+                                              f"--text_file={f['long_prompt.txt']}"], r"nope"),
+        ("perplexity", "context-over-model", [f"--checkpoint={TINY}", "--context=4096",
+                                              f"--text_file={f['long_prompt.txt']}"],
+         r"context=4096: give 2 to the model's 128 positions"),
+        ("perplexity", "stride-not-below-context", [f"--checkpoint={TINY}", "--context=64",
+                                                    "--stride=64",
+                                                    f"--text_file={f['long_prompt.txt']}"],
+         r"stride=64 with context=64: give 1 to 63"),
+        ("perplexity", "char-model-unknown-character", [
+            f"--checkpoint={run}", f"--text_file={f['unseen_chars.txt']}"],
+         r"character '☃' \(U\+2603\) at position 6 is not in this char-level vocabulary"),
         ("chat", "missing-checkpoint", [f"--checkpoint={tmp / 'nope'}"], r"nope"),
         ("chat", "reply-over-context", [f"--checkpoint={TINY}", "--max_new_tokens=500"],
          r"max_new_tokens"),
@@ -306,7 +327,8 @@ def _ids():
     tmp = pathlib.Path("/nonexistent")
     return [f"{m}:{c}" for m, c, _, _ in table({k: k for k in (
         "empty.txt", "binary.txt", "adir", "broken.jsonl", "nofield.jsonl", "nofield_text.jsonl",
-        "torch_only", "pt_only", "long_prompt.txt", "good.jsonl", "long.jsonl", "rope_run")},
+        "torch_only", "pt_only", "long_prompt.txt", "unseen_chars.txt", "good.jsonl",
+        "long.jsonl", "rope_run")},
         "run", tmp)]
 
 
