@@ -55,7 +55,7 @@ def run_phase(name: str, out: str) -> None:
     if name == "loop":
         result = bench.loop_throughput(FLAGS.config, steps=FLAGS.steps)
     else:
-        from gptjax.training.loop import set_up
+        from gptjax.training.start import set_up
 
         cfg, _ = set_up(Config.from_dict(FLAGS.config))  # the loop's own start-up
         result = bench.step_throughput(cfg, steps=max(FLAGS.steps // 3, 10),

@@ -29,7 +29,7 @@ from gptjax.bench import generate as bench_generate  # noqa: E402
 from gptjax.bench.train import machine, machine_line  # noqa: E402
 from gptjax.config import Config  # noqa: E402
 from gptjax.tokenizers import Tokenizer  # noqa: E402
-from gptjax.training.loop import set_up  # noqa: E402
+from gptjax.training.start import set_up  # noqa: E402
 
 FLAGS = flags.FLAGS
 PROMPT = "The quick brown fox jumps over the"  # bench_generate's, the background article's

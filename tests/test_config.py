@@ -2,7 +2,7 @@
 
 Values and shapes fail when the Config is built; names chosen from a registry (kernel, position,
 schedule) fail in the registry's check, which a run calls before it reads data or compiles
-(gptjax.training.loop.check_config).
+(gptjax.training.start.check_config).
 """
 
 import importlib.util
@@ -13,7 +13,7 @@ import pytest
 
 from gptjax.config import Config, ConfigError, ModelConfig
 from gptjax.model import check_config as check_model
-from gptjax.training.loop import check_config
+from gptjax.training.start import check_config
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -18,6 +18,7 @@ from gptjax.config import Config, ConfigError, ModelConfig
 from gptjax.data import build_data, tasks
 from gptjax.model import GPT, apply, kernels
 from gptjax.training import loop
+from gptjax.training import start as run_start
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -181,5 +182,5 @@ def test_a_kernel_without_segment_ids_is_refused(tmp_path, kernel_without_segmen
     with pytest.raises(ConfigError, match=r"data.pack=True is invalid: model.attention="
                        r"'no_segments_pack_test' cannot take segment ids.*'xla'.*"
                        r"set data.pack=False"):
-        loop.check_config(cfg)
-    loop.check_config(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pack=False)))
+        run_start.check_config(cfg)
+    run_start.check_config(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pack=False)))

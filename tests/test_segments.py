@@ -17,7 +17,7 @@ from gptjax.model.masks import Mask, causal
 from gptjax.model.positions import POSITIONS, alibi_slopes
 from gptjax.parallel import make_plan
 from gptjax.training import eval_step_fn, graphdef_of, init_state, make_optimizer
-from gptjax.training import loop
+from gptjax.training import start
 from gptjax.training.steps import compile_train_step, model_inputs
 
 H, D = 4, 16
@@ -291,6 +291,6 @@ def test_check_refuses_a_kernel_without_segment_ids(kernel_without_segments):
                                 "data": dict(dataset="tokens", seq_len=16, batch_size=8,
                                              document_mask=True)})
     with pytest.raises(ConfigError, match="cannot take segment ids"):
-        loop.check_config(run_cfg)
+        start.check_config(run_cfg)
     for name in ("xla", "blockwise", "reference"):  # what the message offers does pass
         check_config(dataclasses.replace(cfg, attention=name), 16, segments=True)

@@ -17,7 +17,8 @@ from gptjax.training import (SCHEDULES, cross_entropy, decay_mask, graphdef_of, 
                              make_optimizer, make_schedule, train_step_fn)
 from gptjax.training import metrics
 from gptjax.training.state import check_trainable, path_name
-from gptjax.training.loop import check_batch, every, fit_sample, resolve_vocab
+from gptjax.training.loop import every
+from gptjax.training.start import check_batch, fit_sample, resolve_vocab
 
 
 def tiny(**optim) -> Config:

@@ -18,7 +18,7 @@ import numpy as np
 from gptjax.bench.scaling import run
 from gptjax.config import Config
 from gptjax.data.tasks import play_dialogues
-from gptjax.training.loop import set_up
+from gptjax.training.start import set_up
 
 
 def make_dialogues(text_path: pathlib.Path, max_chars: int, path: pathlib.Path) -> pathlib.Path:
