@@ -50,6 +50,10 @@ def files(tmp: pathlib.Path) -> dict:
     (pt_dir / "model.pt").write_bytes(b"not loaded")
     (tmp / "long_prompt.txt").write_text("word " * 400)
     (tmp / "unseen_chars.txt").write_text("hello ☃ world\n")  # not in a char model's vocabulary
+    question = {"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 0}
+    (tmp / "choices.jsonl").write_text(json.dumps(question) + "\n")
+    (tmp / "bad_label.jsonl").write_text(json.dumps(question) + "\n"
+                                         + json.dumps({**question, "label": 4}) + "\n")
     (tmp / "long.jsonl").write_text(json.dumps({"question": "word " * 400, "answer": "b"}) + "\n")
     rope_run = tmp / "rope_run"  # a run's workdir as far as its config goes
     (rope_run / "checkpoints").mkdir(parents=True)
@@ -199,6 +203,22 @@ def table(f: dict, run: str, tmp: pathlib.Path) -> list[tuple[str, str, list[str
         ("perplexity", "char-model-unknown-character", [
             f"--checkpoint={run}", f"--text_file={f['unseen_chars.txt']}"],
          r"character '☃' \(U\+2603\) at position 6 is not in this char-level vocabulary"),
+        ("multiple_choice", "missing-data", [f"--checkpoint={TINY}",
+                                             f"--data={tmp / 'none.jsonl'}"], r"none\.jsonl"),
+        ("multiple_choice", "qa-file", [f"--checkpoint={TINY}", f"--data={f['good.jsonl']}"],
+         r"good\.jsonl:1 needs a string 'context' and a list of two or more"),
+        ("multiple_choice", "label-out-of-range", [f"--checkpoint={TINY}",
+                                                   f"--data={f['bad_label.jsonl']}"],
+         r"bad_label\.jsonl:2: label=4 must index its 4 choices \(0 to 3\)"),
+        ("multiple_choice", "empty-file", [f"--checkpoint={TINY}", f"--data={f['empty.txt']}"],
+         r"holds no questions"),
+        ("multiple_choice", "missing-checkpoint", [f"--checkpoint={tmp / 'nope'}",
+                                                   f"--data={f['choices.jsonl']}"], r"nope"),
+        ("multiple_choice", "zero-examples", [f"--checkpoint={TINY}", "--max_examples=0",
+                                              f"--data={f['choices.jsonl']}"],
+         r"max_examples=0"),
+        ("multiple_choice", "zero-batch", [f"--checkpoint={TINY}", "--batch_size=0",
+                                           f"--data={f['choices.jsonl']}"], r"batch_size=0"),
         ("chat", "missing-checkpoint", [f"--checkpoint={tmp / 'nope'}"], r"nope"),
         ("chat", "reply-over-context", [f"--checkpoint={TINY}", "--max_new_tokens=500"],
          r"max_new_tokens"),
@@ -328,7 +348,7 @@ def _ids():
     return [f"{m}:{c}" for m, c, _, _ in table({k: k for k in (
         "empty.txt", "binary.txt", "adir", "broken.jsonl", "nofield.jsonl", "nofield_text.jsonl",
         "torch_only", "pt_only", "long_prompt.txt", "unseen_chars.txt", "good.jsonl",
-        "long.jsonl", "rope_run")},
+        "long.jsonl", "rope_run", "choices.jsonl", "bad_label.jsonl")},
         "run", tmp)]
 
 
