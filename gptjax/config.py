@@ -286,6 +286,13 @@ class TrainConfig:
     # evaluation, samples, checkpoints and preemption act between calls, so K divides their
     # periods. Callbacks get every K-th step.
     steps_per_call: int = 1
+    # Multiple-choice accuracy while training (build-nanogpt's HellaSwag): a JSON-lines file of
+    # questions in gptjax.multiple_choice's formats (e.g. hellaswag_val.jsonl), scored every
+    # choice_every steps (0: at each evaluation) on its first choice_examples (0: all of them);
+    # metrics.jsonl gets choice_accuracy, choice_accuracy_norm and choice_accuracy_per_token.
+    choice_file: str = ""
+    choice_every: int = 0
+    choice_examples: int = 0
 
     def validate(self) -> None:
         _require_finite(self, "train")
@@ -309,18 +316,24 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 _fail(f"train.{name}", value, "must be a positive integer")
+        for name in ("choice_every", "choice_examples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                _fail(f"train.{name}", value, "must be a non-negative integer (0: "
+                      + ("at each evaluation)" if name == "choice_every" else "every question)"))
 
     def _validate_steps_per_call(self) -> None:
         k = self.steps_per_call
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             _fail("train.steps_per_call", k, "must be a positive integer (1: a call per step)")
-        for name in ("log_every", "eval_every", "checkpoint_every", "sample_every"):
+        periods = ("log_every", "eval_every", "checkpoint_every", "sample_every", "choice_every")
+        for name in periods:
             period = getattr(self, name)
             if isinstance(period, int) and period > 0 and period % k:
                 raise ConfigError(
                     f"train.steps_per_call={k} does not divide train.{name}={period}: the loop "
                     f"acts only between calls of {k} steps; choose a steps_per_call that divides "
-                    "every period (log_every, eval_every, checkpoint_every, sample_every)")
+                    f"every period ({', '.join(periods)})")
 
     def _validate_spikes(self) -> None:
         if not isinstance(self.skip_spikes, bool):

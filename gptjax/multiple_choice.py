@@ -77,7 +77,8 @@ def read_questions(path, max_examples: int | None = None) -> list[Question]:
     """The questions of a JSON-lines file (blank lines skipped), the first max_examples."""
     file = pathlib.Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(2, "No such file", str(file))
+        raise ChoiceError(f"{file} {'is a folder' if file.is_dir() else 'does not exist'}; "
+                          "give a JSON-lines file of questions, one per line")
     out = []
     with file.open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -138,13 +139,24 @@ def predictions(logprobs: Sequence[float], lengths: Sequence[int], tokens: Seque
             "accuracy_per_token": int(np.argmax(lp / np.asarray(tokens, np.float64)))}
 
 
+def tokenize(tokenizer, questions: Sequence[Question], max_len: int) -> list[list[tuple]]:
+    """`rows` of every question: what `score` reads, made once for a run's many scorings."""
+    return [rows(tokenizer, q, max_len) for q in questions]
+
+
 def evaluate(model, tokenizer, questions: Sequence[Question], batch_size: int = 8,
              ) -> dict[str, Any]:
     """{'metrics': {accuracy..., 'examples', 'choices'}, 'examples': [{context, choices, label,
     logprobs, predictions}]} of `model` on `questions` (module docstring)."""
     if batch_size < 1:
         raise ChoiceError(f"batch_size={batch_size} must be positive")
-    tokenized = [rows(tokenizer, q, model.cfg.max_len) for q in questions]
+    return score(model, questions, tokenize(tokenizer, questions, model.cfg.max_len),
+                 batch_size)
+
+
+def score(model, questions: Sequence[Question], tokenized: Sequence[list[tuple]],
+          batch_size: int = 8) -> dict[str, Any]:
+    """`evaluate`'s result from the questions' `tokenize`d rows."""
     flat = choice_logprobs(model, [r for q in tokenized for r in q], batch_size)
     examples, correct, start = [], dict.fromkeys(METRICS, 0), 0
     for question, choice_rows in zip(questions, tokenized):

@@ -22,9 +22,8 @@ LAYERS = [
     ("gptjax.generation",),
     ("gptjax.interop",),
     ("gptjax.data",),
-    ("gptjax.training",),
-    ("gptjax.bench", "gptjax.ablate", "gptjax.evaluate", "gptjax.multiple_choice",
-     "gptjax.perplexity", "gptjax.plots"),
+    ("gptjax.training", "gptjax.multiple_choice"),  # the loop scores multiple choice
+    ("gptjax.bench", "gptjax.ablate", "gptjax.evaluate", "gptjax.perplexity", "gptjax.plots"),
     ("gptjax",),  # the package's facade: `from gptjax import GPT, Tokenizer`
 ]
 MAX_FUNCTION_LINES = 80

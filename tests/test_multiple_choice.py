@@ -95,8 +95,10 @@ def test_formats_and_their_errors(tmp_path):
             mc.read_questions(write(tmp_path / "bad.jsonl", [line]))
     with pytest.raises(mc.ChoiceError, match="holds no questions"):
         mc.read_questions(write(tmp_path / "blank.jsonl", ["", " "]))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(mc.ChoiceError, match=r"none\.jsonl does not exist"):
         mc.read_questions(tmp_path / "none.jsonl")
+    with pytest.raises(mc.ChoiceError, match=r"is a folder"):
+        mc.read_questions(tmp_path)
 
 
 def test_the_command_prints_and_writes_the_librarys_result(tiny, tmp_path):
@@ -133,3 +135,55 @@ def test_against_transformers_own_model(tiny, tmp_path):
                 logp = torch.log_softmax(hf(tokens[:, :-1]).logits[0].double(), -1)
             want = logp[-len(ending):].gather(1, tokens[0, -len(ending):, None]).sum().item()
             assert got == pytest.approx(want, rel=1e-5)
+
+
+# ---- during training (train.choice_file) -------------------------------------------------------
+
+def tiny_run_config(tmp_path, **train):
+    from gptjax.config import default_config
+
+    text = "the cat sat on the mat. the dog ate the log. " * 60
+    (tmp_path / "text.txt").write_text(text)
+    c = default_config()
+    c.model.update(num_layers=1, num_heads=2, d_model=16, max_len=32)
+    c.data.update(dataset="text_file", text_file=str(tmp_path / "text.txt"), tokenizer="char",
+                  data_dir=str(tmp_path / "tfds"), seq_len=32, batch_size=8)
+    c.train.update(num_steps=4, eval_every=4, eval_steps=1, checkpoint_every=4,
+                   sample_tokens=0, **train)
+    return c
+
+
+def test_training_scores_the_choice_file_at_its_period(tmp_path):
+    from gptjax.training.loop import train
+
+    data = write(tmp_path / "q.jsonl", [
+        {"context": "the cat sat on the", "choices": ["mat.", "dog", "log."], "label": 0},
+        {"context": "the dog ate the", "choices": ["cat", "log."], "label": 1},
+        {"context": "the", "choices": ["mat.", "sat on"], "label": 1}])
+    c = tiny_run_config(tmp_path, choice_file=str(data), choice_every=2, choice_examples=2)
+    final = train(c, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    scored = [r for r in rows if "choice_accuracy" in r]
+    assert [r["step"] for r in scored] == [2, 4]
+    model = GPT.from_pretrained(tmp_path / "run")  # the step-4 weights
+    want = mc.evaluate(model, Tokenizer.from_pretrained(tmp_path / "run"),
+                       mc.read_questions(data, 2))["metrics"]
+    for name in mc.METRICS:
+        assert scored[-1][f"choice_{name}"] == final[f"choice_{name}"] == want[name]
+
+
+@pytest.mark.parametrize("lines,pattern", [
+    (None, r"train\.choice_file: .*none\.jsonl does not exist"),
+    ([{"context": "the cat", "choices": ["sat", "☃"], "label": 0}],
+     r"train\.choice_file=.*character '☃'"),
+    ([{"context": "the cat", "choices": ["sat"], "label": 0}], r"q\.jsonl:1 needs"),
+])
+def test_a_choice_file_the_run_cannot_score_stops_it_before_it_trains(tmp_path, lines, pattern):
+    from gptjax.config import ConfigError
+    from gptjax.training.loop import train
+
+    path = tmp_path / "none.jsonl" if lines is None else write(tmp_path / "q.jsonl", lines)
+    with pytest.raises(ConfigError, match=pattern):
+        train(tiny_run_config(tmp_path, choice_file=str(path)), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists() or not list(
+        (tmp_path / "run" / "checkpoints").iterdir())

@@ -65,6 +65,10 @@ def test_calls_of_k_steps_make_the_updates_of_single_steps_and_resume(tmp_path):
     (dict(steps_per_call=3, log_every=10), r"steps_per_call=3 does not divide train\.log_every"),
     (dict(steps_per_call=5, log_every=5, checkpoint_every=12),
      r"does not divide train\.checkpoint_every=12"),
+    (dict(steps_per_call=5, log_every=5, eval_every=250, checkpoint_every=500, choice_every=12),
+     r"does not divide train\.choice_every=12"),
+    (dict(choice_every=-1), r"train\.choice_every=-1 .* non-negative"),
+    (dict(choice_examples=1.5), r"train\.choice_examples=1\.5"),
 ])
 def test_a_steps_per_call_that_misses_a_period_is_refused(fields, message):
     d = default_config().to_dict()

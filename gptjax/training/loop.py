@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from gptjax import generation
+from gptjax import generation, multiple_choice
 from gptjax.training import finetune, skips
 from gptjax.training.preemption import STOP_MESSAGE, StopRequest
 from gptjax.training.start import Callback, Run, start_run, write_workdir
@@ -137,11 +137,13 @@ def every(*periods: int) -> Callable[[int, bool], bool]:
 
 
 def default_actions(tcfg) -> list[Action]:
-    """The periodic work of a run, in order: log, evaluate, sample, record, stop on skips,
-    checkpoint."""
+    """The periodic work of a run, in order: log, evaluate, sample, multiple choice, record,
+    stop on skips, checkpoint."""
     return [Action("log", every(tcfg.log_every), log_window),
             Action("evaluate", every(tcfg.eval_every), evaluate_and_log),
             Action("sample", every(tcfg.eval_every, tcfg.sample_every), sample_and_log),
+            Action("multiple choice", every(tcfg.choice_every or tcfg.eval_every),
+                   choices_and_log),
             Action("record", lambda step, last: True, record_row),
             Action("stop on skips", lambda step, last: True, stop_on_skips),
             Action("checkpoint", every(tcfg.checkpoint_every), save_checkpoint)]
@@ -208,6 +210,20 @@ def sample(run: Run, *, seed: int) -> str:
                               do_sample=True, temperature=SAMPLE_TEMPERATURE, top_k=SAMPLE_TOP_K,
                               seed=seed)
     return run.data.tokenizer.decode(np.asarray(out)[0, len(prompt):].tolist())
+
+
+def choices_and_log(run: Run, step: int, row: dict) -> None:
+    """train.choice_file's multiple-choice accuracy of the current params into the row."""
+    if run.choices is None:
+        return
+    run.meter.pause(run.leaves)
+    questions, rows = run.choices
+    model = nnx.merge(run.graphdef, run.state.params)
+    metrics = multiple_choice.score(model, questions, rows)["metrics"]
+    row.update({f"choice_{name}": metrics[name] for name in multiple_choice.METRICS})
+    logging.info("step %d | multiple choice (%d questions): accuracy %.4f | per character "
+                 "%.4f | per token %.4f", step, metrics["examples"], metrics["accuracy"],
+                 metrics["accuracy_norm"], metrics["accuracy_per_token"])
 
 
 def record_row(run: Run, step: int, row: dict) -> None:

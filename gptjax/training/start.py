@@ -20,6 +20,7 @@ from absl import logging
 from tqdm import tqdm
 
 from gptjax.config import Config, ConfigError, ModelConfig
+from gptjax import multiple_choice
 from gptjax.data import build_data
 from gptjax.model import check_config as check_model
 from gptjax.model import positions
@@ -149,6 +150,8 @@ class Run:
     # has run (a run refused before, e.g. too large for memory, leaves the workdir's files as
     # they were); None on the processes that do not write them
     run_info: dict | None = None
+    # train.choice_file's questions and their tokenized rows (gptjax.multiple_choice); or None
+    choices: tuple[list, list] | None = None
 
     @property
     def state(self) -> TrainState:
@@ -195,7 +198,9 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
     cfg = config if isinstance(config, Config) else Config.from_dict(config)
     workdir = pathlib.Path(workdir)
     check_writable(workdir)  # before the data and the compile it would waste
+    questions = read_choices(cfg.train)
     cfg, data = set_up(cfg, data)
+    choices = tokenize_choices(cfg, questions, data.tokenizer)
     # config.mesh -> devices: DP / FSDP / TP / pmap; mesh and model-vs-mesh errors raise here
     plan = make_plan(cfg, check_batch=False)
     check_batch(cfg, plan.batch_shards)
@@ -246,7 +251,29 @@ def start_run(config, workdir: str | os.PathLike, data=None) -> Run:
                writer=writer, meter=_meter(cfg, plan, abstract, workdir), pbar=pbar,
                sampling=sampling, final={"step": start},
                run_info=finetune.run_info(cfg, abstract, tx) if is_main else None,
+               choices=choices,
                skip_guard=skips.SkipGuard(cfg.train.max_consecutive_skips, last_applied=start))
+
+
+def read_choices(tcfg) -> list | None:
+    """train.choice_file's questions (its first train.choice_examples), read before any data:
+    a file that does not parse fails the run before it starts."""
+    if not tcfg.choice_file:
+        return None
+    try:
+        return multiple_choice.read_questions(tcfg.choice_file, tcfg.choice_examples or None)
+    except ValueError as e:  # multiple_choice.ChoiceError: the file and line, and the fix
+        raise ConfigError(f"train.choice_file: {e}") from None
+
+
+def tokenize_choices(cfg: Config, questions: list | None, tokenizer) -> tuple | None:
+    """(questions, their rows for multiple_choice.score) in the run's tokenizer, or None."""
+    if questions is None:
+        return None
+    try:
+        return questions, multiple_choice.tokenize(tokenizer, questions, cfg.model.max_len)
+    except ValueError as e:  # a character a char-level vocabulary lacks
+        raise ConfigError(f"train.choice_file={cfg.train.choice_file!r}: {e}") from None
 
 
 def check_writable(workdir: pathlib.Path) -> None:
