@@ -165,6 +165,27 @@ def test_play_dialogues_pair_each_speech_with_the_reply():
     tasks.render("dialogue", examples[0])  # a valid example of the format
 
 
+def test_reply_questions_ask_which_reply_follows_as_training_wrote_it():
+    examples = [{"messages": [{"role": "user", "content": f"speech {i}"},
+                              {"role": "assistant", "content": f"reply {i}"}]}
+                for i in range(6)]
+    questions = tasks.reply_questions(examples, num_choices=3, seed=1)
+    assert questions == tasks.reply_questions(examples, num_choices=3, seed=1)
+    labels = set()
+    for i, (example, q) in enumerate(zip(examples, questions)):
+        assert q["choices"][q["label"]] == f"reply {i}"
+        assert len(set(q["choices"])) == 3 and set(q["choices"]) <= {
+            f"reply {j}" for j in range(6)}
+        labels.add(q["label"])
+        # the context and " " + the reply are the transcript training scores, its "\n" aside
+        segments = tasks.render("dialogue", example)
+        assert q["context"] + " " + q["choices"][q["label"]] + "\n" == "".join(
+            t for t, _ in segments)
+    assert len(labels) > 1  # the true reply is not always in one place
+    with pytest.raises(ValueError, match="6 distinct replies cannot make questions of 7"):
+        tasks.reply_questions(examples, num_choices=7)
+
+
 # ---- fine-tuning runs ----------------------------------------------------------------------------
 
 def _val_loss(model, data, steps):

@@ -11,7 +11,9 @@ and a pretrained model (the nanoGPT CPU recipe's shape at 128 characters of cont
 the same first 90%, so validation speeches are unseen). Every method gets the same steps, batch
 and schedule; the learning rate is the method's own (adapters and biases need a larger one, as
 in the LoRA and BitFit papers). Each run is scored on validation dialogues: answer loss (the
-validation loss counts only the reply), and chrF/BLEU of a greedy reply (gptjax.evaluate).
+validation loss counts only the reply), chrF/BLEU of a greedy reply (gptjax.evaluate), and the
+accuracy of picking the true reply among four (play_dialogues' val_choices.jsonl, scored by the
+run as train.choice_file; chance is 25%).
 """
 
 import ml_collections
@@ -25,7 +27,7 @@ def get_config():
     sweep.title = "fine-tuning methods on Shakespeare dialogues (char-level, CPU)"
     sweep.base = "configs/shakespeare_chat_cpu.py"
     sweep.setup = [
-        {"name": "dialogues", "creates": "{outdir}/data/val.jsonl",
+        {"name": "dialogues", "creates": "{outdir}/data/val_choices.jsonl",
          "command": ["experiments.play_dialogues", f"--text_file={TEXT}",
                      "--outdir={outdir}/data", "--max_chars=100"]},
         {"name": "pretrain", "creates": "{outdir}/pretrained/checkpoints/1000",
@@ -42,7 +44,8 @@ def get_config():
         "optim": {"warmup_steps": 15, "lr": 3e-4, "min_lr": 3e-5},
         "train": {"init_from": "{outdir}/pretrained", "num_steps": STEPS, "eval_every": 50,
                   "eval_steps": 10, "log_every": 10, "checkpoint_every": STEPS,
-                  "sample_tokens": 0},
+                  "sample_tokens": 0, "choice_file": "{outdir}/data/val_choices.jsonl",
+                  "choice_every": STEPS},
     }
     half = {"finetune": {"method": "freeze", "freeze_layers": 2}}  # the model has 4 blocks
     sweep.variants = [
@@ -57,7 +60,8 @@ def get_config():
                                                                        "min_lr": 2e-4}},
     ]
     sweep.seeds = (0, 1)
-    sweep.metrics = ("val_loss", "trainable_params", "optimizer_state_bytes", "ms_per_step")
+    sweep.metrics = ("val_loss", "choice_accuracy", "choice_accuracy_norm", "trainable_params",
+                     "optimizer_state_bytes", "ms_per_step")
     sweep.evaluate = {"task": "dialogue", "data": "{outdir}/data/val.jsonl",
                       "max_examples": 64, "max_new_tokens": 100, "batch_size": 32}
     return sweep

@@ -107,6 +107,34 @@ def play_dialogues(text: str, max_chars: int | None = None) -> list[dict[str, An
     return examples
 
 
+def reply_questions(examples: Sequence[Mapping[str, Any]], num_choices: int = 4,
+                    seed: int = 0) -> list[dict[str, Any]]:
+    """Multiple-choice questions (gptjax.multiple_choice's format) from dialogue examples: the
+    transcript up to the last 'Assistant:' as the context, the true last reply among
+    num_choices - 1 last replies of other examples (distinct texts), in a seeded random order."""
+    replies = [e["messages"][-1]["content"].strip() for e in examples]
+    if len(set(replies)) < num_choices:
+        raise ValueError(f"{len(set(replies))} distinct replies cannot make questions of "
+                         f"{num_choices} choices; give more dialogues or fewer choices")
+    rng = np.random.default_rng(seed)
+    questions = []
+    for i, example in enumerate(examples):
+        messages = example["messages"]
+        if messages[-1].get("role") != "assistant":
+            raise ValueError(f"dialogue {i} does not end with the assistant's reply")
+        context = "".join(t for t, _ in dialogue_segments(messages[:-1], f"dialogue {i}",
+                                                          reply=True))
+        others: list[str] = []
+        while len(others) < num_choices - 1:
+            other = replies[int(rng.integers(len(replies)))]
+            if other != replies[i] and other not in others:
+                others.append(other)
+        label = int(rng.integers(num_choices))
+        choices = others[:label] + [replies[i]] + others[label:]
+        questions.append({"context": context, "choices": choices, "label": label})
+    return questions
+
+
 TASKS: dict[str, Callable[[Mapping[str, Any], str], list[Segment]]] = {
     "completion": completion, "qa": qa, "translation": translation, "dialogue": dialogue}
 
