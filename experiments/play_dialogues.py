@@ -32,22 +32,27 @@ flags.DEFINE_integer("num_choices", 4, "Replies per question of val_choices.json
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.num_choices == 1 or FLAGS.num_choices < 0:
+        raise app.UsageError(f"--num_choices={FLAGS.num_choices}: give 2 or more (0: no "
+                             "val_choices.jsonl)")
     text = pathlib.Path(FLAGS.text_file).read_text(encoding="utf-8")
     cut = int(len(text) * (1 - FLAGS.val_fraction))
     outdir = pathlib.Path(FLAGS.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    if FLAGS.num_choices == 1 or FLAGS.num_choices < 0:
-        raise app.UsageError(f"--num_choices={FLAGS.num_choices}: give 2 or more (0: no "
-                             "val_choices.jsonl)")
     for name, part in (("train", text[:cut]), ("val", text[cut:])):
         examples = play_dialogues(part, FLAGS.max_chars)
         write(outdir / f"{name}.jsonl", examples)
         print(f"{outdir / f'{name}.jsonl'}: {len(examples)} dialogues")
-    if FLAGS.num_choices:
+    if not FLAGS.num_choices:
+        return
+    try:
         questions = reply_questions(examples, FLAGS.num_choices)
-        write(outdir / "val_choices.jsonl", questions)
-        print(f"{outdir / 'val_choices.jsonl'}: {len(questions)} questions of "
-              f"{FLAGS.num_choices} replies")
+    except ValueError as e:  # too few validation dialogues: the files above stand
+        print(f"no {outdir / 'val_choices.jsonl'}: {e}")
+        return
+    write(outdir / "val_choices.jsonl", questions)
+    print(f"{outdir / 'val_choices.jsonl'}: {len(questions)} questions of "
+          f"{FLAGS.num_choices} replies")
 
 
 def write(path: pathlib.Path, items) -> None:
