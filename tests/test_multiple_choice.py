@@ -153,7 +153,9 @@ def tiny_run_config(tmp_path, **train):
     return c
 
 
-def test_training_scores_the_choice_file_at_its_period(tmp_path):
+@pytest.mark.parametrize("mesh", [{}, {"data": 2, "fsdp": 2, "tensor": 2},
+                                  {"strategy": "pmap"}], ids=["dp", "dp-fsdp-tp", "pmap"])
+def test_training_scores_the_choice_file_at_its_period(tmp_path, mesh):
     from gptjax.training.loop import train
 
     data = write(tmp_path / "q.jsonl", [
@@ -161,6 +163,7 @@ def test_training_scores_the_choice_file_at_its_period(tmp_path):
         {"context": "the dog ate the", "choices": ["cat", "log."], "label": 1},
         {"context": "the", "choices": ["mat.", "sat on"], "label": 1}])
     c = tiny_run_config(tmp_path, choice_file=str(data), choice_every=2, choice_examples=2)
+    c.mesh.update(mesh)  # the scores come from sharded (or replicated) params
     final = train(c, tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     scored = [r for r in rows if "choice_accuracy" in r]
