@@ -17,6 +17,10 @@ The tokenizer is the one saved with the shards. A TFDS catalog corpus streams in
     python -m experiments.prepare_data --inputs=tfds:lm1b --tokenizer=gpt2 --outdir=/data/lm1b
 
 --config.data.dataset=NAME reads a catalog dataset directly, in memory, as small datasets do.
+HellaSwag accuracy along the run, as build-nanogpt tracks it: download hellaswag_val.jsonl (from
+the rowanz/hellaswag repository's data/ folder) and add
+--config.train.choice_file=hellaswag_val.jsonl (scored at every evaluation; gpt2's own weights
+score with `python -m experiments.multiple_choice --checkpoint=gpt2 --data=hellaswag_val.jsonl`).
 """
 
 from gptjax.config import default_config
