@@ -215,7 +215,7 @@ def _bad_folder(tmp_path, stream, case):
     ("shard size", r"shard .*val-000001.npy holds uint16 \(7,\), but manifest.json lists "
                    r"uint16 \(100,\)"),
     ("truncated", r"shard .*train-000001.npy is damaged"),
-    ("short val", r"data.seq_len=8 needs windows of 9 tokens, but the val split .* has 0 "
+    ("short val", r"data.seq_len=8 needs windows of 9 tokens, but the val split .* has only 0 "
                   r"tokens.*--val_fraction"),
 ])
 def test_each_bad_folder_gets_its_clear_error(tmp_path, stream, case, message):

@@ -29,7 +29,7 @@ import numpy as np
 
 from gptjax.config import Config, ConfigError, DataConfig
 from gptjax.data.base import Batch, BatchData
-from gptjax.data.windows import split_batches
+from gptjax.data.windows import check_one_window, split_batches
 from gptjax.tokenizers import Tokenizer, fingerprint
 
 FORMAT = "gptjax-tokens/1"
@@ -182,12 +182,9 @@ def _streams(data: DataConfig, folder: pathlib.Path, manifest: dict) -> list[Sha
     """The train and val streams, each long enough for one window."""
     streams = [ShardStream(open_split(folder, manifest, split)) for split in SPLITS]
     for split, stream in zip(SPLITS, streams):
-        if len(stream) < data.seq_len + 1:
-            raise ConfigError(
-                f"data.seq_len={data.seq_len} needs windows of {data.seq_len + 1} tokens, but the "
-                f"{split} split of {folder} has {len(stream)} tokens; lower data.seq_len or "
-                "prepare more data" + (" (a larger --val_fraction, or --val_inputs)"
-                                       if split == "val" else ""))
+        check_one_window(len(stream), data.seq_len, f"the {split} split of {folder}",
+                         "or prepare more data" + (" (a larger --val_fraction, or --val_inputs)"
+                                                   if split == "val" else ""))
     return streams
 
 

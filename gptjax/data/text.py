@@ -13,11 +13,11 @@ from typing import Any
 import grain
 from absl import logging
 
-from gptjax.config import Config, ConfigError, DataConfig
+from gptjax.config import Config, DataConfig
 from gptjax.data import tokens as tokens_lib
 from gptjax.data.base import Batch, BatchData
 from gptjax.data.datasets import Corpus, data_dir
-from gptjax.data.windows import split_batches
+from gptjax.data.windows import check_one_window, split_batches
 from gptjax.tokenizers import Tokenizer
 
 
@@ -67,12 +67,9 @@ def build_text(config: Config, corpus: Corpus, tokenizer, process_index: int,
     train_tokens = tokens_lib.token_stream(corpus, corpus.train_split, tokenizer)
     val_tokens = tokens_lib.token_stream(corpus, corpus.val_split, tokenizer)
     for split, tokens in (("train", train_tokens), ("validation", val_tokens)):
-        if len(tokens) < data.seq_len + 1:
-            raise ConfigError(
-                f"data.seq_len={data.seq_len} needs windows of {data.seq_len + 1} tokens, but the "
-                f"{split} split of {corpus.name} has only {len(tokens)} tokens; lower "
-                "data.seq_len, use a longer text"
-                + (" or raise data.val_fraction" if split == "validation" else ""))
+        check_one_window(len(tokens), data.seq_len, f"the {split} split of {corpus.name}",
+                         "use a longer text" + (" or raise data.val_fraction"
+                                                if split == "validation" else ""))
 
     batches = split_batches(config, train_tokens, val_tokens, process_index, process_count)
     return TextData(

@@ -19,10 +19,18 @@ from collections.abc import Callable
 import grain
 import numpy as np
 
-from gptjax.config import Config
+from gptjax.config import Config, ConfigError
 from gptjax.data.base import READ_OPTIONS, Batch, Epochs, endless_batches
 
 VAL_SEED = 0  # validation windows are drawn the same way for every run, so runs compare
+
+
+def check_one_window(num_tokens: int, seq_len: int, where: str, fix: str) -> None:
+    """ConfigError unless a split of num_tokens tokens (`where`: which) holds a window of
+    seq_len + 1; `fix` is what else than a lower data.seq_len gives it one."""
+    if num_tokens < seq_len + 1:
+        raise ConfigError(f"data.seq_len={seq_len} needs windows of {seq_len + 1} tokens, but "
+                          f"{where} has only {num_tokens} tokens; lower data.seq_len, {fix}")
 
 
 def window_count(num_tokens: int, seq_len: int, phased: bool) -> int:
