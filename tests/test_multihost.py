@@ -32,6 +32,21 @@ def tiny(mesh: dict):
         "mesh": mesh})
 
 
+ROWS = [([1, 2, 3, 4, 5], 2), ([7, 8, 9], 1), ([3, 1, 4, 1, 5, 9, 2, 6], 3)]  # (tokens, scored)
+
+
+def choice_logprobs(params) -> np.ndarray:
+    """multiple_choice's scores of ROWS under `params` (the periodic scoring a run does, from
+    host numpy batches and the run's sharded params)."""
+    from flax import nnx
+
+    from gptjax import multiple_choice
+    from gptjax.training.state import graphdef_of
+
+    model = nnx.merge(graphdef_of(tiny({}).model), params)
+    return multiple_choice.choice_logprobs(model, ROWS, batch_size=2)
+
+
 def worker(process_id: int, num_processes: int, port: int, out: str) -> None:
     import jax
 
@@ -51,6 +66,7 @@ def worker(process_id: int, num_processes: int, port: int, out: str) -> None:
     for name, mesh in MESHES.items():
         run = scaling.run(tiny(mesh), batches)
         result[name] = run.losses
+        result[f"{name}_choices"] = choice_logprobs(run.state.params).tolist()
         if name.startswith("jit"):
             with ocp.StandardCheckpointer() as ckptr:  # every process writes its shards
                 ckptr.save(pathlib.Path(out).parent / "ckpt", run.state.params)
@@ -116,9 +132,12 @@ def test_two_processes_match_one_device(tmp_path):
     assert [r["process_index"] for r in results] == [0, 1]
     assert all(r["process_count"] == 2 and r["devices"] == 8 and r["local_devices"] == 4
                for r in results)
+    want = choice_logprobs(ref.state.params)
     for name in MESHES:
         for r in results:
             np.testing.assert_allclose(r[name], ref.losses, atol=1e-5, rtol=0, err_msg=name)
+            # scoring questions from host batches works across processes, on the same params
+            np.testing.assert_allclose(r[f"{name}_choices"], want, rtol=1e-4, err_msg=name)
 
     # The checkpoint both processes wrote restores onto one device (resharding 8 -> 1) and
     # holds exactly the params they trained.
