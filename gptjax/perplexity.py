@@ -12,6 +12,8 @@ text is longer than one window. A smaller stride gives each token more context a
 context / stride forward passes per window of text; stride must stay below context, so that a
 window's first token (which the window cannot predict) is one the window before scored.
     loss           mean -log p(token | its window's earlier tokens), in nats, over scored tokens
+                   (each weighs the same; the guide's loop weighs a window after the first by
+                   one token fewer than it scores)
     perplexity     exp(loss)
     bits_per_byte  the summed loss in bits over the UTF-8 bytes of the scored tokens' text, which
                    compares models whose tokenizers differ (a char-level model, GPT-2's BPE)
