@@ -363,6 +363,10 @@ def test_two_processes_stop_together_when_one_cannot_read_the_newest_checkpoint(
     assert (f"CheckpointError: checkpoint {ckpts}/{newest} is unreadable on process 1 of 2 "
             "(JSONDecodeError") in logs[1]
     assert f"run the same command again and every process resumes from step {older}" in logs[1]
+    # Process 0 reads the step, and stops because process 1 could not (the processes agree
+    # before orbax's restore, whose barrier would otherwise keep process 0 waiting for minutes)
+    assert (f"CheckpointError: checkpoint {ckpts}/{newest} is unreadable on process 1 of 2, "
+            "which moves it aside") in logs[0]
     assert [r["step"] for r in read_metrics(workdir)] == list(range(1, newest + 1))
     assert ckpt_lib.steps(ckpts)[0] == older and ckpt_lib.corrupt_steps(ckpts) == [
         f"{newest}.corrupt"]

@@ -28,9 +28,11 @@ from typing import Any, Mapping
 import grain
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from gptjax.config import Config, ConfigError
 from gptjax.interop import register_format
@@ -108,13 +110,17 @@ def move_aside(directory: str | os.PathLike, step: int, why: str) -> None:
                         step, moved)
         return
     older = [s for s in steps(directory) if s < step]
-    raise CheckpointError(
-        f"checkpoint {directory}/{step} {moved}. The processes of a multi-process run "
-        "do not fall back on their own (each could resume from another step), so this run "
-        "stops here, with nothing trained over it: " + (
-            f"run the same command again and every process resumes from step {older[0]}, the "
-            "newest checkpoint left" if older else "no older checkpoint is left; to train the "
-            f"run again from step 0, move {directory} (and metrics.jsonl) aside or delete them"))
+    raise CheckpointError(f"checkpoint {directory}/{step} {moved}. "
+                          + _stop_advice(directory, older))
+
+
+def _stop_advice(directory: pathlib.Path, older: list[int]) -> str:
+    return ("The processes of a multi-process run do not fall back on their own (each could "
+            "resume from another step), so this run stops here, with nothing trained over it: "
+            + (f"run the same command again and every process resumes from step {older[0]}, "
+               "the newest checkpoint left" if older else "no older checkpoint is left; to "
+               f"train the run again from step 0, move {directory} (and metrics.jsonl) aside "
+               "or delete them"))
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:
@@ -126,13 +132,53 @@ def first_line(e: BaseException, limit: int = 200) -> str:
 
 def readable_config(directory: str | os.PathLike) -> tuple[int, dict] | None:
     """(step, saved config) of the newest checkpoint whose config reads; unreadable newer ones
-    are moved aside (move_aside). None if no checkpoint is left."""
+    are moved aside (move_aside). None if no checkpoint is left. Several processes: they agree
+    first (agree_readable), so that one that cannot read the step stops all of them."""
     for step in steps(directory):
+        config, problem = None, None
         try:
-            return step, saved_config(directory, step)
+            config = saved_config(directory, step)
         except Exception as e:  # noqa: BLE001 - any failure to read means: not this one
-            move_aside(directory, step, first_line(e))
+            problem = first_line(e)
+        if jax.process_count() > 1:
+            agree_readable(directory, step, problem or own_files_problem(directory, step))
+        elif problem is not None:
+            move_aside(directory, step, problem)
+            continue
+        return step, config
     return None
+
+
+def own_files_problem(directory: str | os.PathLike, step: int) -> str | None:
+    """Why this process could not restore checkpoint `step`, as far as its small files tell:
+    its own data-iterator position (grain's process_I-of-N.json) and the state's folder."""
+    folder = pathlib.Path(directory) / str(step)
+    try:
+        if not (folder / "state").is_dir():
+            raise FileNotFoundError(2, "No state folder", str(folder / "state"))
+        if (folder / "data").is_dir():
+            name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+            json.loads((folder / "data" / name).read_text())
+    except Exception as e:  # noqa: BLE001 - any failure to read means: not this one
+        return first_line(e)
+    return None
+
+
+def agree_readable(directory: str | os.PathLike, step: int, problem: str | None) -> None:
+    """Several processes: CheckpointError on every one when `step` is unreadable on any, told
+    by one all-gather before any process starts orbax's restore. Without it, a process that
+    read the step waited in the restore's barrier for one that had stopped (five minutes,
+    until jax.distributed's shutdown barrier timed out)."""
+    flags = np.asarray(multihost_utils.process_allgather(np.int32(problem is not None)))
+    failing = [i for i, flag in enumerate(flags.reshape(-1)) if flag]
+    if not failing:
+        return
+    if problem is not None:
+        move_aside(directory, step, problem)  # raises CheckpointError, naming this process
+    older = [s for s in steps(directory) if s < step]
+    raise CheckpointError(
+        f"checkpoint {directory}/{step} is unreadable on process {failing[0]} of "
+        f"{jax.process_count()}, which moves it aside. " + _stop_advice(directory, older))
 
 
 def saved_config(directory: str | os.PathLike, step: int) -> dict:
