@@ -342,8 +342,9 @@ GUARANTEES = [
      ' ::test_no_readable_checkpoint_is_an_error_not_a_fresh_start; the chaos run '
      '(truncated)'),
     ('In a multi-process run, a checkpoint that one process cannot read stops every process '
-     'before anything trains, naming the checkpoint and the process; the same command run '
-     'again resumes every process from the same older step.',
+     'at once, before anything trains (the processes agree on its config, data-iterator '
+     'files and state folder before the restore), naming the checkpoint and the process; the '
+     'same command run again resumes every process from the same older step.',
      'tests/test_survive.py::test_two_processes_stop_together_when_one_cannot_read_the_'
      'newest_checkpoint'),
     ('A train step too large for the devices\' memory (an accelerator\'s limit, or the '
