@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from gptjax.bench.host import cpu_model
 from gptjax.model import kernels
 from gptjax.model.masks import causal
+from gptjax.training.memory import planned_bytes
 
 LAYOUTS = {"mha": 1, "gqa": 4, "mqa": None}  # query heads per K/V head; None: all (MQA)
 
@@ -190,8 +191,7 @@ def _compile(case, spec, dtype, budget):
         return None
     plan = compiled.memory_analysis()
     if plan is not None:
-        planned = (plan.temp_size_in_bytes + plan.argument_size_in_bytes
-                   + plan.output_size_in_bytes)
+        planned = planned_bytes(plan)  # nothing is donated: arguments + outputs + temporaries
         case.memory_mib = planned / 2**20
         if planned > budget:
             case.status = "oom"
