@@ -26,14 +26,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from gptjax.interop.hf import from_pretrained
 from gptjax.model import apply, split
 from gptjax.tokenizers import Tokenizer
 from gptjax.training import checkpoint as _run_format  # noqa: F401 - run workdirs load too
+from gptjax.training.steps import cross_entropy_sums
 
 ROUND = 32  # row widths are rounded up to this (fewer compiled shapes)
 METRICS = ("accuracy", "accuracy_norm", "accuracy_per_token")
@@ -105,10 +104,10 @@ def rows(tokenizer, question: Question, max_len: int) -> list[tuple[list[int], i
 
 @functools.partial(jax.jit, static_argnames="graphdef")
 def _row_logprobs(graphdef, params, inputs, targets):
-    """Each row's summed log-probability of its scored targets (negative: not scored)."""
-    logits = apply(graphdef, params, inputs).astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(targets, 0))
-    return -jnp.sum(jnp.where(targets >= 0, ce, 0.0), axis=-1)
+    """Each row's summed log-probability of its scored targets (negative: not scored): the
+    training loss's summed cross-entropy, row by row."""
+    row_sums = jax.vmap(lambda logits, t: cross_entropy_sums(logits[None], t[None])[0])
+    return -row_sums(apply(graphdef, params, inputs), targets)
 
 
 def choice_logprobs(model, tokenized: Sequence[tuple[list[int], int]], batch_size: int = 8,
