@@ -109,12 +109,13 @@ def move_aside(directory: str | os.PathLike, step: int, why: str) -> None:
         logging.warning("checkpoint %s/%d %s; falling back to an older checkpoint", directory,
                         step, moved)
         return
-    older = [s for s in steps(directory) if s < step]
     raise CheckpointError(f"checkpoint {directory}/{step} {moved}. "
-                          + _stop_advice(directory, older))
+                          + _stop_advice(directory, step))
 
 
-def _stop_advice(directory: pathlib.Path, older: list[int]) -> str:
+def _stop_advice(directory: pathlib.Path, step: int) -> str:
+    """Why a multi-process run stops at unreadable `step`, and what resumes it."""
+    older = [s for s in steps(directory) if s < step]
     return ("The processes of a multi-process run do not fall back on their own (each could "
             "resume from another step), so this run stops here, with nothing trained over it: "
             + (f"run the same command again and every process resumes from step {older[0]}, "
@@ -175,10 +176,10 @@ def agree_readable(directory: str | os.PathLike, step: int, problem: str | None)
         return
     if problem is not None:
         move_aside(directory, step, problem)  # raises CheckpointError, naming this process
-    older = [s for s in steps(directory) if s < step]
     raise CheckpointError(
         f"checkpoint {directory}/{step} is unreadable on process {failing[0]} of "
-        f"{jax.process_count()}, which moves it aside. " + _stop_advice(directory, older))
+        f"{jax.process_count()}, which moves it aside. "
+        + _stop_advice(pathlib.Path(directory), step))
 
 
 def saved_config(directory: str | os.PathLike, step: int) -> dict:
