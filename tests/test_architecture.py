@@ -35,7 +35,8 @@ LATE_IMPORTS: dict[tuple[str, str], str] = {
     ("gptjax.training", "gptjax.training.loop"): "TFDS, via the loop's data layer",
     # prepare_data starts its workers before anything else loads; TFDS and grain (~4 s) only
     # for a tfds: input.
-    ("gptjax.data.prepare", "gptjax.data.catalog_inputs"): "TFDS and grain, for tfds: inputs",
+    ("gptjax.data.prepare.settings", "gptjax.data.catalog_inputs"):
+        "TFDS and grain, for tfds: inputs",
 }
 
 

@@ -275,7 +275,7 @@ def test_a_document_the_tokenizer_cannot_encode_names_its_line(tmp_path):
 
 def test_workers_run_tokenizers_single_threaded(monkeypatch):
     """Several workers: their `tokenizers` Rayon threads are off, unless the user chose."""
-    from gptjax.data.prepare import _serial_tokenizers
+    from gptjax.data.prepare.workers import _serial_tokenizers
 
     monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
     with _serial_tokenizers(2):

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 import tensorflow_datasets as tfds
 
 from gptjax.data import datasets
-from gptjax.data.prepare import TFDS_PREFIX as PREFIX
-from gptjax.data.prepare import PrepareError, PrepareSettings, is_catalog
+from gptjax.data.prepare.settings import TFDS_PREFIX as PREFIX
+from gptjax.data.prepare.settings import PrepareError, PrepareSettings, is_catalog
 
 
 def _parse(spec: str) -> tuple[str, str | None]:

@@ -29,10 +29,10 @@ import numpy as np
 
 from gptjax.config import Config, ConfigError, DataConfig
 from gptjax.data.base import Batch, BatchData
+from gptjax.data.prepare.output import FORMAT, MANIFEST, TOKENIZER_DIR
 from gptjax.data.windows import check_one_window, split_batches
 from gptjax.tokenizers import Tokenizer, fingerprint
 
-FORMAT = "gptjax-tokens/1"
 SPLITS = ("train", "val")
 DTYPES = ("uint16", "uint32")
 
@@ -51,7 +51,7 @@ def read_manifest(folder: str | pathlib.Path) -> dict:
     if not folder.is_dir():
         what = "is a file, not a folder" if folder.exists() else "does not exist"
         raise ConfigError(f"data.tokens_dir={str(folder)!r} {what}; {_rerun(folder)}")
-    path = folder / "manifest.json"
+    path = folder / MANIFEST
     if not path.is_file():
         raise ConfigError(f"data.tokens_dir={str(folder)!r} holds no manifest.json, so it is not "
                           f"a folder prepare_data finished; {_rerun(folder)}")
@@ -153,13 +153,13 @@ class TokensData(BatchData):
 def _tokenizer(data: DataConfig, folder: pathlib.Path, manifest: dict, given: Any):
     """The shards' tokenizer, after checking that the one asked for (if any) is the same."""
     try:
-        tokenizer = Tokenizer.from_pretrained(folder / "tokenizer")
+        tokenizer = Tokenizer.from_pretrained(folder / TOKENIZER_DIR)
     except (OSError, ValueError) as e:
         raise ConfigError(f"data.tokens_dir: {e}; {_rerun(folder)}") from None
     saved = manifest.get("tokenizer") or {}
     mine = fingerprint(tokenizer)
     if saved.get("fingerprint") not in (None, mine):
-        raise ConfigError(f"{folder / 'tokenizer'} is not the tokenizer manifest.json names "
+        raise ConfigError(f"{folder / TOKENIZER_DIR} is not the tokenizer manifest.json names "
                           f"(fingerprint {mine}, not {saved.get('fingerprint')}); "
                           f"{_rerun(folder)}")
     asked, what = given, "the tokenizer given to build_data"
