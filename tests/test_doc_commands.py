@@ -1,0 +1,151 @@
+"""The commands the docs write run as written.
+
+Every `python -m experiments.NAME ...` in README.md, docs/*.md and the docstrings of configs/ and
+experiments/ names an entry point; every --flag it passes is one that entry point defines; every
+--config.section.field override names a field of the config it loads (the --config file given,
+else the entry point's default). A renamed flag or config field fails here, not in a reader's
+terminal.
+"""
+
+import importlib.util
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "configs").rglob("*.py"),
+               *(ROOT / "experiments").glob("*.py")])
+COMMAND = re.compile(r"python -m experiments\.(\w+)")
+FLAG = re.compile(r"(?<![\w-])--([A-Za-z_][\w.]*)")
+# Placeholders the docs use for "any field"; a real field is checked.
+GENERIC = ("config.a.b", "config.section.field")
+MAX_COMMAND = 800  # characters: an unclosed backtick must not swallow a page
+
+# Imports each entry point once, in one process, and prints the flags it defines. A flag name may
+# be defined by several entry points (--config, --checkpoint), so each one's flags are removed
+# again, and the experiments modules forgotten, before the next is imported.
+FLAGS_SCRIPT = r"""
+import importlib, json, sys
+from absl import app, flags, logging
+from ml_collections import ConfigDict
+base = set(flags.FLAGS)
+out = {}
+def paths(d, prefix="config"):
+    for k, v in d.items():
+        yield f"{prefix}.{k}"
+        if isinstance(v, ConfigDict):
+            yield from paths(v, f"{prefix}.{k}")
+for name in sys.argv[1:]:
+    for module in [m for m in sys.modules if m.startswith("experiments.")]:
+        if module != "experiments.cli":
+            del sys.modules[module]
+    before = set(flags.FLAGS)
+    importlib.import_module("experiments." + name)
+    names = set(flags.FLAGS) - before
+    every = names | base
+    config = flags.FLAGS["config"].default if "config" in names else None
+    out[name] = {"flags": sorted(every),
+                 "bools": sorted(f for f in every if getattr(flags.FLAGS[f], "boolean", False)),
+                 "config": sorted(paths(config)) if isinstance(config, ConfigDict) else None}
+    for flag in names:
+        delattr(flags.FLAGS, flag)
+print(json.dumps(out))
+"""
+
+
+def _command_text(text: str, start: int, end: int) -> str:
+    """The command whose `python -m experiments.NAME` spans text[start:end]: to the closing
+    backtick when it is inline code, else its line and the lines a trailing backslash or an
+    open bracket carry on to."""
+    line_start = text.rfind("\n", 0, start) + 1
+    if text.count("`", line_start, start) % 2:  # inside `inline code`
+        close = text.find("`", end)
+        return text[end:close if close != -1 else end + MAX_COMMAND][:MAX_COMMAND]
+    lines, rest = [], text[end:].split("\n")
+    for line in rest:
+        lines.append(line)
+        joined = "\n".join(lines)
+        if not line.rstrip().endswith("\\") and joined.count("[") <= joined.count("]"):
+            break
+    return "\n".join(lines)[:MAX_COMMAND]
+
+
+def commands() -> list[tuple[str, str, str]]:
+    """(file:line, entry point, the text after `python -m experiments.NAME`) of every command."""
+    out = []
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        for match in COMMAND.finditer(text):
+            where = f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 1}"
+            command = _command_text(text, match.start(), match.end())
+            out.append((where, match.group(1), command.split("python -m ")[0]))  # one per line
+    return out
+
+
+COMMANDS = commands()
+ENTRY_POINTS = sorted({name for _, name, _ in COMMANDS
+                       if (ROOT / "experiments" / f"{name}.py").is_file() and name != "cli"})
+
+
+@pytest.fixture(scope="module")
+def defined():
+    """{entry point: {"flags", "bools", "config"}} as the entry points define them."""
+    result = subprocess.run([sys.executable, "-c", FLAGS_SCRIPT, *ENTRY_POINTS], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def config_paths(spec: str) -> set[str] | None:
+    """Dotted paths ('config.model.d_model', ...) of --config=FILE[:ARG]; None for a
+    placeholder such as configs/NAME.py."""
+    file, _, arg = spec.partition(":")
+    path = ROOT / file
+    if not path.is_file():
+        return None
+    module_spec = importlib.util.spec_from_file_location(f"doc_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+
+    def paths(d, prefix="config"):
+        for key, value in d.items():
+            yield f"{prefix}.{key}"
+            if hasattr(value, "items"):
+                yield from paths(value, f"{prefix}.{key}")
+
+    return set(paths(config))
+
+
+def test_the_docs_write_commands_of_every_kind():
+    """The scan finds the commands (a broken pattern would make the test below vacuous)."""
+    assert len(COMMANDS) > 40
+    assert {"train", "finetune", "generate", "prepare_data", "bench_train", "ablate"} <= set(
+        ENTRY_POINTS)
+    readme = [args for where, name, args in COMMANDS
+              if where.startswith("README.md") and name == "train"]
+    assert any("--config=configs/quickstart.py" in args and "--workdir" in args
+               for args in readme)
+
+
+@pytest.mark.parametrize("where,name,args", COMMANDS, ids=[c[0] for c in COMMANDS])
+def test_command_names_real_flags(defined, where, name, args):
+    assert (ROOT / "experiments" / f"{name}.py").is_file(), (
+        f"{where}: experiments.{name} is no entry point")
+    entry = defined[name]
+    given = re.search(r"--config=([^\s`\\\]]+)", args)
+    fields = config_paths(given.group(1)) if given else (
+        set(entry["config"]) if entry["config"] is not None else None)
+    for flag in FLAG.findall(args):
+        if flag.startswith("config."):
+            if flag in GENERIC or fields is None:
+                continue
+            assert flag in fields, (f"{where}: --{flag} is no field of "
+                                    f"{given.group(1) if given else 'the default config'}")
+        elif flag not in entry["flags"]:
+            negated = flag.startswith("no") and flag[2:] in entry["bools"]
+            assert negated, f"{where}: experiments.{name} defines no flag --{flag}"
