@@ -51,6 +51,7 @@ def main(argv):
         raise app.UsageError(f"unknown passes {bad}; choose from ['fwd', 'fwd+bwd']")
     if FLAGS.peak_tflops is not None and FLAGS.peak_tflops <= 0:
         raise app.UsageError(f"--peak_tflops must be positive, got {FLAGS.peak_tflops}")
+    cli.output_path("outdir", folder=True)
     print(attention.header())
     shape = dict(heads=FLAGS.heads, head_dim=FLAGS.head_dim, dtype=FLAGS.dtype)
     cases = attention.run(names, [int(n) for n in FLAGS.lengths], FLAGS.layouts, FLAGS.passes,

@@ -10,7 +10,8 @@ process.
 
 loader: tokens/s that the training iterator alone (dataset='tokens', seq_len 1024, batch 16)
 delivers from the last corpus's prepared GPT-2 shards (prepared first if the tokenize section did
-not run), with and without document segment ids. Writes --out (markdown) and the same numbers as JSON beside it.
+not run), with and without document segment ids. Writes --out (markdown) and the same numbers
+as JSON beside it.
 """
 
 import json
@@ -39,6 +40,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     check_flags()
+    out = cli.output_path("out")
     workdir = pathlib.Path(FLAGS.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -58,7 +60,6 @@ def main(argv):
         loader = bench.bench_loader(prepared)
         print(json.dumps(loader))
     machine = f"{cpu_model()}, {os.cpu_count()} cores"
-    out = pathlib.Path(FLAGS.out)
     out.write_text(report(rows, machine) + loader_report(loader))
     out.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": rows,
                                                     "loader": loader}, indent=1))

@@ -26,6 +26,7 @@ flags.DEFINE_string("out", "docs/bench_generate.md", "Markdown report (JSON besi
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.output_path("out")
     results = bench.run(bench.default_prompt(), checkpoint=FLAGS.checkpoint,
                         repeats=FLAGS.repeats, with_hf=FLAGS.hf)
     command = " ".join(["python -m experiments.bench_generate", *sys.argv[1:]])

@@ -36,6 +36,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     check_flags()
+    out = cli.output_path("out")
     machine = f"{cpu_model()}, {os.cpu_count()} cores"
     print(f"machine: {machine}")
     task = bench.make_dialogues(pathlib.Path(FLAGS.text), FLAGS.max_chars,
@@ -47,7 +48,6 @@ def main(argv):
         rows.append(bench.measure(cfg, FLAGS.steps))
         print(json.dumps(rows[-1]))
     command = "python -m experiments.bench_packing " + " ".join(sys.argv[1:])
-    out = pathlib.Path(FLAGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(bench.report(rows, machine, command.strip()))
     out.with_suffix(".json").write_text(json.dumps({"machine": machine, "command": command,

@@ -45,6 +45,7 @@ _NOTE = flags.DEFINE_string("note", "", "A line added to the report (e.g. the ma
 def main(argv):
     del argv
     config = Config.from_dict(_CONFIG.value)
+    cli.output_path("out")
     meshes = scaling.strategies(jax.device_count())
     if _ONLY.value:
         unknown = sorted(set(_ONLY.value) - set(meshes))

@@ -120,6 +120,7 @@ def main(argv):
     if FLAGS.phase:
         return run_phase(FLAGS.phase, FLAGS.phase_out)
     Config.from_dict(FLAGS.config)  # a bad recipe fails here, not in a measuring subprocess
+    cli.output_path("out")
     config_args = [a for a in sys.argv[1:] if a.startswith("--config")]
     load_before = os.getloadavg()  # what else was running when the benchmark started
     rounds = []

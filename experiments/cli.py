@@ -80,6 +80,28 @@ def fail(text: str, code: int = 1):
     sys.exit(code)
 
 
+def output_path(flag: str, *, folder: bool = False) -> pathlib.Path | None:
+    """--FLAG's path (a file, or with folder=True a folder) with its folder made, checked before
+    any work: a report that cannot be written fails now, not after the minutes it reports."""
+    value = FLAGS[flag].value
+    if not value:
+        return None
+    path = pathlib.Path(value).expanduser()
+    if not folder and path.is_dir():
+        raise app.UsageError(f"--{flag}={value} is a folder; give a file path, e.g. "
+                             f"--{flag}={path / 'report.json'}")
+    make = path if folder else path.parent
+    try:
+        make.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise app.UsageError(f"--{flag}={value}: cannot make the folder {make} ({e.strerror}); "
+                             "give a path in a folder that exists or can be made") from None
+    if not os.access(make, os.W_OK):
+        raise app.UsageError(f"--{flag}={value}: {make} is not writable; give a path you can "
+                             "write to")
+    return path
+
+
 # ---------------------------------------------------------------------------------------------
 # Config overrides: --config.section.field=value that names no field
 # ---------------------------------------------------------------------------------------------

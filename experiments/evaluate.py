@@ -37,6 +37,7 @@ OPTIONS = cli.define_generation_flags(skip=("max_length", "min_length",
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.output_path("out")
     try:
         result = evaluation.evaluate_checkpoint(
             FLAGS.checkpoint, FLAGS.data, FLAGS.task, tokenizer=FLAGS.tokenizer,

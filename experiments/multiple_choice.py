@@ -11,7 +11,6 @@ accuracy, accuracy_norm (per character: lm-evaluation-harness's acc_norm), accur
 """
 
 import json
-import pathlib
 
 from absl import app, flags
 
@@ -32,11 +31,12 @@ flags.DEFINE_string("out", None, "Write the metrics and every question's scores 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    out = cli.output_path("out")
     result = multiple_choice.evaluate_checkpoint(
         FLAGS.checkpoint, FLAGS.data, tokenizer=FLAGS.tokenizer,
         max_examples=FLAGS.max_examples, batch_size=FLAGS.batch_size)
-    if FLAGS.out:
-        pathlib.Path(FLAGS.out).write_text(json.dumps(result, indent=1) + "\n")
+    if out:
+        out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["metrics"]))
 
 

@@ -10,7 +10,6 @@ bits_per_byte (comparable between tokenizers), tokens scored, windows; --out wri
 """
 
 import json
-import pathlib
 
 from absl import app, flags
 
@@ -33,13 +32,14 @@ flags.DEFINE_string("out", None, "Also write the JSON result to this file.")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    out = cli.output_path("out")
     result = perplexity_of_file(FLAGS.checkpoint, FLAGS.text_file, tokenizer=FLAGS.tokenizer,
                                 context=FLAGS.context, stride=FLAGS.stride,
                                 batch_size=FLAGS.batch_size, max_tokens=FLAGS.max_tokens,
                                 progress=True)
     line = json.dumps(result)
-    if FLAGS.out:
-        pathlib.Path(FLAGS.out).write_text(line + "\n")
+    if out:
+        out.write_text(line + "\n")
     print(line)
 
 

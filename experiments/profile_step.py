@@ -48,7 +48,7 @@ flags.DEFINE_string("checkpoint", None, "generate: a Hugging Face GPT-2 or gptja
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)  # fail before work
+    cli.output_path("out")
     if FLAGS.program == "generate":
         model = bench_generate.gptjax_model(FLAGS.checkpoint)
         prompt = bench_generate.default_prompt()  # GPT-2's ids of the article's prompt
