@@ -154,6 +154,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     check_flags()
+    report = cli.output_path("report")  # before the minutes of runs it reports
     out = pathlib.Path(FLAGS.out or tempfile.mkdtemp(prefix="gptjax-chaos-")).absolute()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -169,8 +170,8 @@ def main(argv):
                    command=" ".join(["python -m experiments.chaos", *sys.argv[1:]]))
     text = chaos.report(figures, TINY, FLOAT16)
     print(text)
-    if FLAGS.report:
-        (ROOT / FLAGS.report).write_text(text)
+    if report:
+        report.write_text(text)
 
 
 if __name__ == "__main__":

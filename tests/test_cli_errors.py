@@ -316,6 +316,8 @@ def table(f: dict, run: str, tmp: pathlib.Path) -> list[tuple[str, str, list[str
                                                 f"--checkpoint={tmp / 'nope'}",
                                                 f"--out={new}/p.md"], r"nope"),
         ("chaos", "zero-kills", ["--kills=0", f"--out={new}/c", "--report="], r"--kills=0"),
+        ("chaos", "report-under-a-file", [f"--out={new}/c", f"--report={f['empty.txt']}/r.md"],
+         r"--report=.*cannot make the folder"),
         ("chaos", "sparse-checkpoints", ["--checkpoint_every=80", "--fsdp_steps=100",
                                          f"--out={new}/c", "--report="], r"checkpoint_every=80"),
     ]
