@@ -124,8 +124,9 @@ def choice_logprobs(model, tokenized: Sequence[tuple[list[int], int]], batch_siz
             n = len(tokens) - 1
             inputs[i, :n] = tokens[:-1]
             targets[i, n - scored:n] = tokens[n - scored + 1:]
-        out.append(np.asarray(_row_logprobs(graphdef, params, inputs, targets)))
-    return np.concatenate(out)[:len(tokenized)].astype(np.float64)
+        # Not read back yet: the device computes while the host builds the next batch.
+        out.append(_row_logprobs(graphdef, params, inputs, targets))
+    return np.concatenate(jax.device_get(out))[:len(tokenized)].astype(np.float64)
 
 
 def predictions(logprobs: Sequence[float], lengths: Sequence[int], tokens: Sequence[int],

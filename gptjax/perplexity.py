@@ -127,10 +127,15 @@ def perplexity(model, tokenizer, text: str, *, context: int | None = None,
     spans = windows(len(ids), context, stride)
     width = min(context, -(-len(ids) // PAD_MULTIPLE) * PAD_MULTIPLE)
     graphdef, params = split(model)
-    total, count = 0.0, 0.0
+    total, count, in_flight = 0.0, 0.0, []
     for inputs, targets in tqdm(batches(ids, spans, width, batch_size), desc="perplexity",
                                 total=-(-len(spans) // batch_size), disable=not progress):
-        ce, n = loss_sums(graphdef, params, inputs, targets)
+        # Dispatched, not read: it computes while the last batch is read and the next built.
+        in_flight.append(loss_sums(graphdef, params, inputs, targets))
+        if len(in_flight) == 2:
+            ce, n = in_flight.pop(0)
+            total, count = total + float(ce), count + float(n)
+    for ce, n in in_flight:
         total, count = total + float(ce), count + float(n)
     num_bytes = len(tokenizer.decode(ids[1:].tolist()).encode("utf-8"))
     loss = total / count
