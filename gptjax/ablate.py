@@ -40,13 +40,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from gptjax.config import Config
+from gptjax.config import Config, ConfigError
 from gptjax import evaluate as evaluation
 from gptjax.data import build_data
 from gptjax.model import apply, positions, split
 from gptjax.tokenizers import Tokenizer
 from gptjax.training import train
 from gptjax.training.checkpoint import load_model
+from gptjax.training.start import check_config
 from gptjax.training.steps import cross_entropy, model_inputs
 
 
@@ -130,11 +131,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, outdir, *, train_fn: Callable | 
     """Train every (variant, seed) not yet finished, then write outdir/report.md."""
     train_fn = train_fn or train
     sweep = with_outdir(sweep, outdir)
-    base = load_config_file(sweep.base)
-    runs = expand(sweep, outdir)
-    configs = [apply_overrides(base, run.overrides) for run in runs]
-    for config in configs:  # every bad variant fails before the first run starts
-        Config.from_dict(config)
+    runs, configs = planned_runs(sweep, outdir)
     run_setup(sweep.get("setup") or (), log)
     check_evaluate(sweep.get("evaluate"))
     for i, (run, config) in enumerate(zip(runs, configs)):
@@ -155,6 +152,21 @@ def run_sweep(sweep: ml_collections.ConfigDict, outdir, *, train_fn: Callable | 
         tmp.write_text(json.dumps(final, indent=1))
         tmp.rename(done)
     return write_report(sweep, runs, outdir)
+
+
+def planned_runs(sweep: ml_collections.ConfigDict, outdir
+                 ) -> tuple[list[Run], list[ml_collections.ConfigDict]]:
+    """Every (variant, seed) run and its config, each config checked as a run checks it
+    before reading data: a bad variant fails before the first run of the sweep starts."""
+    base = load_config_file(sweep.base)
+    runs = expand(sweep, outdir)
+    configs = [apply_overrides(base, run.overrides) for run in runs]
+    for run, config in zip(runs, configs):
+        try:
+            check_config(Config.from_dict(config))
+        except ConfigError as e:
+            raise ConfigError(f"variant {run.variant!r}: {e}") from None
+    return runs, configs
 
 
 def with_outdir(sweep: ml_collections.ConfigDict, outdir) -> ml_collections.ConfigDict:

@@ -1,11 +1,14 @@
 """The ablation runner: a 2-variant x 2-seed micro sweep through the real training path."""
 
 import json
+import pathlib
 
 import ml_collections
 import pytest
 
 from gptjax import ablate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 MICRO = {"model": {"num_layers": 1, "d_model": 32, "num_heads": 2, "max_len": 32},
          "data": {"batch_size": 8, "seq_len": 32, "mqar_num_kv_pairs": 4},
@@ -122,3 +125,23 @@ def test_overrides_keep_the_base_configs_references():
     assert base.optim.warmup_steps == 50  # the base itself is left as it was
     explicit = ablate.apply_overrides(base, {"optim.warmup_steps": 7, "train.num_steps": 200})
     assert explicit.optim.warmup_steps == 7
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "ablations").glob("*.py")),
+                         ids=lambda p: p.name)
+def test_every_sweep_config_plans_runs_that_pass_a_runs_checks(path, tmp_path, monkeypatch):
+    """configs/ablations/*.py as they stand: every variant's config passes the checks a run
+    makes before it reads data. (A change of the base config's steps_per_call once left two
+    sweeps refused by every run, and nothing said so until someone ran them.)"""
+    monkeypatch.chdir(ROOT)  # a sweep names its base config from the repository's root
+    sweep = ablate.with_outdir(ablate.load_config_file(path), tmp_path)
+    runs, configs = ablate.planned_runs(sweep, tmp_path)
+    assert len(runs) == len(configs) == len(sweep.variants) * len(sweep.seeds)
+
+
+def test_a_variant_a_run_would_refuse_stops_the_sweep_before_any_run(tmp_path):
+    sweep = _sweep(variants=[{"name": "ok", "model": {"num_kv_heads": 2}},
+                             {"name": "bad", "model": {"attention": "nope"}}])
+    with pytest.raises(ablate.ConfigError, match=r"variant 'bad': .*nope"):
+        ablate.run_sweep(sweep, tmp_path, log=lambda s: None)
+    assert not (tmp_path / "runs").exists()

@@ -17,7 +17,7 @@ def get_config():
     sweep.overrides = {
         "data": {"text_file": "../shared/data/tinyshakespeare.txt"},
         "optim": {"warmup_steps": 30},
-        "train": {"num_steps": 300, "eval_every": 100, "eval_steps": 10, "log_every": 25,
+        "train": {"num_steps": 300, "eval_every": 100, "eval_steps": 10, "log_every": 20,
                   "checkpoint_every": 300, "sample_tokens": 0},
     }
     sweep.variants = [
