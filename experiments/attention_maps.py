@@ -4,6 +4,7 @@ r"""Per-layer, per-head attention heatmaps for a prompt and a checkpoint.
         --prompt="To be, or not to be" --outdir=/tmp/maps
 """
 
+import numpy as np
 from absl import app, flags
 
 from experiments import cli
@@ -35,9 +36,9 @@ def main(argv):
     if len(ids) > model.cfg.max_len:
         raise app.UsageError(f"--prompt is {len(ids)} tokens, longer than the model's context "
                              f"of {model.cfg.max_len}; shorten it")
-    weights = attention_weights(model, [ids])[:, 0][layers]  # [layers, heads, seq, seq]
+    weights = np.asarray(attention_weights(model, [ids]))[layers, 0]  # [layers, heads, seq, seq]
     labels = [tokenizer.decode([i]) for i in ids]
-    for path in attention_heatmaps(weights, labels, FLAGS.outdir):
+    for path in attention_heatmaps(weights, labels, FLAGS.outdir, layers=layers):
         print(path)
 
 

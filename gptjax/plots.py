@@ -7,10 +7,12 @@ import pathlib
 import numpy as np
 
 
-def attention_heatmaps(weights, labels, outdir, *, prefix="attention") -> list[pathlib.Path]:
+def attention_heatmaps(weights, labels, outdir, *, prefix="attention",
+                       layers=None) -> list[pathlib.Path]:
     """One PNG per layer, a grid of its heads' [seq, seq] weights with tokens on the axes.
 
-    weights: [layers, heads, seq, seq] (one sequence); labels: the seq tokens as text.
+    weights: [layers, heads, seq, seq] (one sequence); labels: the seq tokens as text; layers:
+    the model's numbers of those layers, for titles and file names (default 0, 1, ...).
     """
     import matplotlib
 
@@ -18,20 +20,21 @@ def attention_heatmaps(weights, labels, outdir, *, prefix="attention") -> list[p
     import matplotlib.pyplot as plt
 
     weights = np.asarray(weights)
-    layers, heads, seq, _ = weights.shape
+    count, heads, seq, _ = weights.shape
+    layers = list(range(count)) if layers is None else list(layers)
     outdir = pathlib.Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     cols = min(heads, 4)
     rows = -(-heads // cols)
     size = max(3.0, 0.22 * seq)
     paths = []
-    for layer in range(layers):
+    for i, layer in enumerate(layers):
         fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
         for h, ax in enumerate(axes.flat):
             if h >= heads:
                 ax.axis("off")
                 continue
-            ax.imshow(weights[layer, h], cmap="viridis", vmin=0.0, vmax=1.0)
+            ax.imshow(weights[i, h], cmap="viridis", vmin=0.0, vmax=1.0)
             ax.set_title(f"layer {layer} head {h}", fontsize=9)
             if seq <= 48:
                 ax.set_xticks(range(seq), labels, rotation=90, fontsize=6)

@@ -1,5 +1,9 @@
 """Attention weights drawn by experiments/attention_maps.py are the model's real ones."""
 
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,6 +68,21 @@ def test_heatmaps_one_png_per_layer(tmp_path):
     paths = attention_heatmaps(w, list("abcdef"), tmp_path)
     assert [p.name for p in paths] == ["attention_layer00.png", "attention_layer01.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_the_command_draws_the_layers_asked_for(tmp_path):
+    """experiments.attention_maps end to end on the README's tiny GPT-2: one PNG per layer
+    asked for, named by the model's layer number."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.attention_maps",
+         "--checkpoint=tests/golden/tiny-gpt2", "--prompt=To be, or not to be",
+         f"--outdir={tmp_path}", "--layers=1"],
+        cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(tmp_path / "attention_layer01.png")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attention_layer01.png"]
+    assert (tmp_path / "attention_layer01.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_prompt_longer_than_learned_positions():
