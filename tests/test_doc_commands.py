@@ -1,10 +1,12 @@
 """The commands the docs write run as written.
 
-Every `python -m experiments.NAME ...` in README.md, docs/*.md and the docstrings of configs/ and
-experiments/ names an entry point; every --flag it passes is one that entry point defines; every
---config.section.field override names a field of the config it loads (the --config file given,
-else the entry point's default). A renamed flag or config field fails here, not in a reader's
-terminal.
+Every `python -m experiments.NAME ...` in README.md, docs/ (the ablation reports' run commands
+included) and the docstrings of configs/ and experiments/ names an entry point; every --flag it
+passes is one that entry point defines; every --config.section.field override names a field of
+the config it loads (the --config file given, else the entry point's default); and a training
+command's config, its overrides applied as absl parses them, passes the checks a run makes
+before it reads data. A renamed flag or field, or a config change that makes a documented run
+refuse to start, fails here, not in a reader's terminal.
 """
 
 import importlib.util
@@ -15,15 +17,23 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from gptjax.config import Config
+from gptjax.training.start import check_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "configs").rglob("*.py"),
-               *(ROOT / "experiments").glob("*.py")])
+DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md"),
+               *(ROOT / "configs").rglob("*.py"), *(ROOT / "experiments").glob("*.py")])
 COMMAND = re.compile(r"python -m experiments\.(\w+)")
 FLAG = re.compile(r"(?<![\w-])--([A-Za-z_][\w.]*)")
 # Placeholders the docs use for "any field"; a real field is checked.
 GENERIC = ("config.a.b", "config.section.field")
-MAX_COMMAND = 800  # characters: an unclosed backtick must not swallow a page
+# Entry points whose --config is an experiment config (not a sweep's): their commands must start.
+RUNS = ("train", "finetune", "bench_train", "profile_step")
+CONFIG_ARG = re.compile(r"""--config(?:\.[\w.]+)?=(?:"[^"]*"|'[^']*'|[^\s`\\\]]+)""")
+MAX_COMMAND = 4000  # characters: an unclosed backtick must not swallow a page
 
 # Imports each entry point once, in one process, and prints the flags it defines. A flag name may
 # be defined by several entry points (--config, --checkpoint), so each one's flags are removed
@@ -149,3 +159,36 @@ def test_command_names_real_flags(defined, where, name, args):
         elif flag not in entry["flags"]:
             negated = flag.startswith("no") and flag[2:] in entry["bools"]
             assert negated, f"{where}: experiments.{name} defines no flag --{flag}"
+
+
+def parsed_config(args: list[str]):
+    """The ConfigDict that --config=FILE and its --config.a.b=V overrides give, parsed as absl and
+    ml_collections parse a command line (each value by its field's type)."""
+    saved, sys.argv = sys.argv, ["doc", *args]
+    try:  # ml_collections registers the override flags from sys.argv when the flag is defined
+        values = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", None, "", flag_values=values)
+        values(sys.argv)
+        return values.config
+    finally:
+        sys.argv = saved
+
+
+RUN_COMMANDS = [c for c in COMMANDS if c[1] in RUNS and re.search(r"--config=configs/[a-z]", c[2])]
+
+
+def test_the_scan_finds_training_commands_to_start():
+    assert len(RUN_COMMANDS) > 30  # the README's, the configs' and the ablation reports' runs
+
+
+@pytest.mark.parametrize("where,name,args", RUN_COMMANDS, ids=[c[0] for c in RUN_COMMANDS])
+def test_training_command_passes_a_runs_checks(where, name, args, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the docs name config files from the repository's root
+    given = [a.replace('"', "").replace("'", "") for a in CONFIG_ARG.findall(args)]
+    file = next(a for a in given if a.startswith("--config="))[len("--config="):]
+    if not (ROOT / file.split(":")[0]).is_file():
+        pytest.skip(f"{where}: {file} is a placeholder")
+    try:
+        check_config(Config.from_dict(parsed_config(given)))
+    except ValueError as e:
+        pytest.fail(f"{where}: python -m experiments.{name} would refuse to start: {e}")
