@@ -192,3 +192,36 @@ def test_training_command_passes_a_runs_checks(where, name, args, monkeypatch):
         check_config(Config.from_dict(parsed_config(given)))
     except ValueError as e:
         pytest.fail(f"{where}: python -m experiments.{name} would refuse to start: {e}")
+
+
+PROSE = ["README.md", "docs/design.md", "docs/performance.md", "docs/reliability.md"]
+PLACEHOLDER_PATHS = {"configs/NAME.py", "experiments/bench_"}
+
+
+def _names_in_module(path: pathlib.Path, name: str) -> bool:
+    source = path.read_text(encoding="utf-8")
+    return re.search(rf"^\s*(?:def|class)\s+{name}\b|^{name}\s*[:=]|\bimport\b.*\b{name}\b",
+                     source, re.M) is not None
+
+
+@pytest.mark.parametrize("doc", PROSE)
+def test_the_docs_name_files_and_modules_that_exist(doc):
+    """Every path (gptjax/..., tests/..., configs/...) and every dotted gptjax.module[.name] the
+    map and the README name exists, so "How to add ..." leads to real rooms."""
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    paths = set(re.findall(r"(?<![\w/.])((?:gptjax|tests|experiments|configs|docs)/[\w/.\-]*\w)",
+                           text)) - PLACEHOLDER_PATHS
+    missing = [p for p in sorted(paths) if not (ROOT / p).exists()]
+    for dotted in sorted(set(re.findall(r"\bgptjax(?:\.\w+)+", text))):
+        parts = dotted.split(".")
+        for i in range(len(parts), 0, -1):  # the longest prefix that is a module
+            module = ROOT.joinpath(*parts[:i])
+            file = module.with_suffix(".py") if module.with_suffix(".py").is_file() else (
+                module / "__init__.py")
+            if file.is_file():
+                if parts[i:] and not _names_in_module(file, parts[i]):
+                    missing.append(dotted)
+                break
+        else:
+            missing.append(dotted)
+    assert not missing, f"{doc} names what does not exist: {missing}"
