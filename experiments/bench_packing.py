@@ -48,7 +48,6 @@ def main(argv):
         rows.append(bench.measure(cfg, FLAGS.steps))
         print(json.dumps(rows[-1]))
     command = "python -m experiments.bench_packing " + " ".join(sys.argv[1:])
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(bench.report(rows, machine, command.strip()))
     out.with_suffix(".json").write_text(json.dumps({"machine": machine, "command": command,
                                                     "rows": rows}, indent=1))

@@ -6,7 +6,8 @@ passes is one that entry point defines; every --config.section.field override na
 the config it loads (the --config file given, else the entry point's default); and a training
 command's config, its overrides applied as absl parses them, passes the checks a run makes
 before it reads data. A renamed flag or field, or a config change that makes a documented run
-refuse to start, fails here, not in a reader's terminal.
+refuse to start, fails here, not in a reader's terminal. And every file and gptjax module the
+README and the design notes name exists.
 """
 
 import importlib.util
