@@ -226,3 +226,19 @@ def test_the_docs_name_files_and_modules_that_exist(doc):
         else:
             missing.append(dotted)
     assert not missing, f"{doc} names what does not exist: {missing}"
+
+
+PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+def test_the_readme_has_python_to_run():
+    assert PYTHON_BLOCKS  # the article's example
+
+
+@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: b.splitlines()[0])
+def test_the_readmes_python_runs_as_written(block, monkeypatch, capsys):
+    """Each ```python block of the README, executed as a reader would paste it (from the
+    repository's root): it runs and prints."""
+    monkeypatch.chdir(ROOT)
+    exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+    assert capsys.readouterr().out.strip()
