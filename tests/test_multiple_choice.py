@@ -38,12 +38,12 @@ def write(path: pathlib.Path, items) -> pathlib.Path:
     return path
 
 
-
 @functools.partial(jax.jit, static_argnums=0)
 def forward(graphdef, params, tokens):
     """The model's logits, compiled once per length (run eagerly, each op compiled alone for
     every length: 11 s against 2 on a cold cache)."""
     return apply(graphdef, params, tokens)
+
 
 def reference_logprob(model, tokenizer, context: str, choice: str) -> float:
     """One unpadded forward of context + ' ' + choice, its last tokens kept as the model's

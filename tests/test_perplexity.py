@@ -59,12 +59,12 @@ def test_windows_score_every_token_once_as_hugging_faces_loop_does(n, context, s
             assert w.scored - w.begin >= context - stride
 
 
-
 @functools.partial(jax.jit, static_argnums=0)
 def forward(graphdef, params, tokens):
     """The model's logits, compiled once per length (run eagerly, each op compiled alone for
     every length: 11 s against 2 on a cold cache)."""
     return apply(graphdef, params, tokens)
+
 
 def reference_loss(model, ids, context, stride):
     """(mean loss, count): one unpadded forward per window, its log-softmax in float64."""
