@@ -170,20 +170,27 @@ def loss_sums(graphdef, params, inputs, targets):
     return ce, count
 
 
+def loss_totals(model, batches) -> tuple[float, float]:
+    """(summed cross-entropy, scored tokens) of `model` over (inputs, targets) batches, summed
+    in their order in float64. Each batch computes while the one before is read back and the
+    next one is built: the device never waits on the host between batches."""
+    graphdef, params = split(model)
+    total, count, in_flight = 0.0, 0.0, []
+    for inputs, targets in batches:
+        in_flight.append(loss_sums(graphdef, params, inputs, targets))  # dispatched, not read
+        if len(in_flight) == 2:
+            ce, n = in_flight.pop(0)
+            total, count = total + float(ce), count + float(n)
+    for ce, n in in_flight:
+        total, count = total + float(ce), count + float(n)
+    return total, count
+
+
 def answer_loss(model, examples: Sequence[Example], batch_size: int = 8) -> float:
     """Mean cross-entropy over every written token of `examples` (teacher-forced)."""
-    graphdef, params = split(model)
     width = min(model.cfg.max_len, -(-max(len(e.ids) - 1 for e in examples) // 32) * 32)
-    total, count = 0.0, 0.0
-    for start in range(0, len(examples), batch_size):
-        inputs = np.zeros((batch_size, width), np.int32)  # padding rows score nothing
-        targets = np.full((batch_size, width), tasks.IGNORE, np.int32)
-        for row, e in enumerate(examples[start:start + batch_size]):
-            n = len(e.ids) - 1
-            inputs[row, :n] = e.ids[:-1]
-            targets[row, :n] = np.where(e.scored[1:], e.ids[1:], tasks.IGNORE)
-        ce, n = loss_sums(graphdef, params, inputs, targets)
-        total, count = total + float(ce), count + float(n)
+    rows = [(e.ids[:-1], np.where(e.scored[1:], e.ids[1:], tasks.IGNORE)) for e in examples]
+    total, count = loss_totals(model, tasks.padded_batches(rows, batch_size, width))
     return total / max(count, 1.0)
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from gptjax.data.tasks import IGNORE, padded_batches
 from gptjax.interop.hf import from_pretrained
 from gptjax.model import apply, split
 from gptjax.tokenizers import Tokenizer
@@ -116,16 +117,11 @@ def choice_logprobs(model, tokenized: Sequence[tuple[list[int], int]], batch_siz
     graphdef, params = split(model)
     longest = max(len(t) for t, _ in tokenized) - 1
     width = min(model.cfg.max_len, -(-longest // ROUND) * ROUND)
-    out = []
-    for start in range(0, len(tokenized), batch_size):
-        inputs = np.zeros((batch_size, width), np.int32)
-        targets = np.full((batch_size, width), -1, np.int32)
-        for i, (tokens, scored) in enumerate(tokenized[start:start + batch_size]):
-            n = len(tokens) - 1
-            inputs[i, :n] = tokens[:-1]
-            targets[i, n - scored:n] = tokens[n - scored + 1:]
-        # Not read back yet: the device computes while the host builds the next batch.
-        out.append(_row_logprobs(graphdef, params, inputs, targets))
+    rows = [(tokens[:-1], [IGNORE] * (len(tokens) - 1 - scored) + tokens[len(tokens) - scored:])
+            for tokens, scored in tokenized]  # the last `scored` targets are the choice's
+    # Not read back until the end: the device computes while the host builds the next batch.
+    out = [_row_logprobs(graphdef, params, inputs, targets)
+           for inputs, targets in padded_batches(rows, batch_size, width)]
     return np.concatenate(jax.device_get(out))[:len(tokenized)].astype(np.float64)
 
 

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from gptjax.evaluate import loss_sums
+from gptjax.data.tasks import IGNORE, padded_batches
+from gptjax.evaluate import loss_totals
 from gptjax.interop.hf import from_pretrained
-from gptjax.model import split
 from gptjax.tokenizers import Tokenizer
 from gptjax.training import checkpoint as _run_format  # noqa: F401 - run workdirs load too
 
@@ -91,19 +91,15 @@ def encode_prefix(tokenizer, text: str, max_tokens: int | None) -> np.ndarray:
         chars *= 2
 
 
-def batches(ids: np.ndarray, spans: list[Window], width: int, batch_size: int):
-    """(inputs, targets), each [batch_size, width] int32, per batch_size windows; targets are
-    the next tokens where a window scores them and -1 elsewhere (padding rows included)."""
-    for start in range(0, len(spans), batch_size):
-        inputs = np.zeros((batch_size, width), np.int32)
-        targets = np.full((batch_size, width), -1, np.int32)
-        for row, w in enumerate(spans[start:start + batch_size]):
-            n = w.end - w.begin
-            inputs[row, :n] = ids[w.begin:w.end]
-            # position i predicts token begin + i + 1; the scored ones are [scored, end)
-            first = w.scored - w.begin - 1
-            targets[row, first:n - 1] = ids[w.scored:w.end]
-        yield inputs, targets
+def window_rows(ids: np.ndarray, spans: list[Window]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(inputs, targets) of each window: its tokens but the last, and the next tokens where the
+    window scores them ([scored, end)), IGNORE before."""
+    rows = []
+    for w in spans:
+        targets = np.full(w.end - w.begin - 1, IGNORE, np.int32)
+        targets[w.scored - w.begin - 1:] = ids[w.scored:w.end]  # position i predicts begin+i+1
+        rows.append((ids[w.begin:w.end - 1], targets))
+    return rows
 
 
 def perplexity(model, tokenizer, text: str, *, context: int | None = None,
@@ -126,17 +122,9 @@ def perplexity(model, tokenizer, text: str, *, context: int | None = None,
                               "least 2, a token and one to predict it from")
     spans = windows(len(ids), context, stride)
     width = min(context, -(-len(ids) // PAD_MULTIPLE) * PAD_MULTIPLE)
-    graphdef, params = split(model)
-    total, count, in_flight = 0.0, 0.0, []
-    for inputs, targets in tqdm(batches(ids, spans, width, batch_size), desc="perplexity",
-                                total=-(-len(spans) // batch_size), disable=not progress):
-        # Dispatched, not read: it computes while the last batch is read and the next built.
-        in_flight.append(loss_sums(graphdef, params, inputs, targets))
-        if len(in_flight) == 2:
-            ce, n = in_flight.pop(0)
-            total, count = total + float(ce), count + float(n)
-    for ce, n in in_flight:
-        total, count = total + float(ce), count + float(n)
+    batches = padded_batches(window_rows(ids, spans), batch_size, width)
+    total, count = loss_totals(model, tqdm(batches, desc="perplexity", disable=not progress,
+                                           total=-(-len(spans) // batch_size)))
     num_bytes = len(tokenizer.decode(ids[1:].tolist()).encode("utf-8"))
     loss = total / count
     return {"perplexity": math.exp(min(loss, 700.0)), "loss": loss,

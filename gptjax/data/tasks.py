@@ -200,6 +200,20 @@ def encode_rows(examples, tokenizer, seq_len: int, what: str) -> list[tuple[np.n
     return kept
 
 
+def padded_batches(rows: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int,
+                   width: int):
+    """(inputs, targets), each [batch_size, width] int32, per batch_size of `rows`, each an
+    (inputs, targets) pair of one sequence: the scorers' batches (checkpoint evaluations).
+    Inputs pad with 0 and targets with IGNORE, so padding, rows included, scores nothing."""
+    for start in range(0, len(rows), batch_size):
+        inputs = np.zeros((batch_size, width), np.int32)
+        targets = np.full((batch_size, width), IGNORE, np.int32)
+        for row, (x, y) in enumerate(rows[start:start + batch_size]):
+            inputs[row, :len(x)] = x
+            targets[row, :len(y)] = y
+        yield inputs, targets
+
+
 def _pad(tokenizer) -> int:
     return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
