@@ -44,10 +44,8 @@ from gptjax.data import tasks
 from gptjax.generation import GenerationConfig, generate
 from gptjax.generation.chat import encode_segments
 from gptjax.generation.text import defaults_for
-from gptjax.interop.hf import from_pretrained
 from gptjax.model import apply, split
-from gptjax.tokenizers import Tokenizer
-from gptjax.training import checkpoint as _run_format  # noqa: F401 - run workdirs load too
+from gptjax.training.checkpoint import load_pretrained
 from gptjax.training.steps import cross_entropy_sums
 
 TASK_METRICS = {"qa": ("exact_match", "f1"), "translation": ("bleu", "chrf"),
@@ -280,8 +278,7 @@ def evaluate_checkpoint(checkpoint, data, task: str, *, tokenizer=None,
                         **kwargs) -> dict[str, Any]:
     """`evaluate` on GPT.from_pretrained(checkpoint) (a run workdir or a Hugging Face folder)
     with its tokenizer (or the folder `tokenizer` names)."""
-    model = from_pretrained(checkpoint)
-    tok = Tokenizer.from_pretrained(tokenizer or checkpoint)
+    model, tok = load_pretrained(checkpoint, tokenizer)
     return evaluate(model, tok, data, task, **kwargs)
 
 

@@ -29,10 +29,8 @@ import jax
 import numpy as np
 
 from gptjax.data.tasks import IGNORE, padded_batches
-from gptjax.interop.hf import from_pretrained
 from gptjax.model import apply, split
-from gptjax.tokenizers import Tokenizer
-from gptjax.training import checkpoint as _run_format  # noqa: F401 - run workdirs load too
+from gptjax.training.checkpoint import load_pretrained
 from gptjax.training.steps import cross_entropy_sums
 
 ROUND = 32  # row widths are rounded up to this (fewer compiled shapes)
@@ -178,6 +176,5 @@ def evaluate_checkpoint(checkpoint, data, *, tokenizer=None, max_examples: int |
         raise ChoiceError(f"batch_size={batch_size} and max_examples={max_examples} must be "
                           "positive")
     questions = read_questions(data, max_examples)  # before the model loads
-    model = from_pretrained(checkpoint)
-    tok = Tokenizer.from_pretrained(tokenizer or checkpoint)
+    model, tok = load_pretrained(checkpoint, tokenizer)
     return evaluate(model, tok, questions, batch_size)

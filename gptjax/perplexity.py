@@ -31,9 +31,7 @@ from tqdm import tqdm
 
 from gptjax.data.tasks import IGNORE, padded_batches
 from gptjax.evaluate import loss_totals
-from gptjax.interop.hf import from_pretrained
-from gptjax.tokenizers import Tokenizer
-from gptjax.training import checkpoint as _run_format  # noqa: F401 - run workdirs load too
+from gptjax.training.checkpoint import load_pretrained
 
 TAIL = 64  # tokens past --max_tokens that a tokenized prefix of the text must reach
 PAD_MULTIPLE = 64  # a text shorter than one window is padded to this multiple (fewer compiles)
@@ -149,7 +147,6 @@ def perplexity_of_file(checkpoint, text_file, *, tokenizer=None, **kwargs) -> di
     """`perplexity` of GPT.from_pretrained(checkpoint) (a run workdir or a Hugging Face folder),
     with its tokenizer (or the folder `tokenizer` names), on the UTF-8 file `text_file`."""
     text = read_text(text_file)  # before the model loads
-    model = from_pretrained(checkpoint)
-    tok = Tokenizer.from_pretrained(tokenizer or checkpoint)
+    model, tok = load_pretrained(checkpoint, tokenizer)
     return {"checkpoint": str(checkpoint), "text_file": str(text_file),
             **perplexity(model, tok, text, **kwargs)}

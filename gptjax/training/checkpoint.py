@@ -36,9 +36,11 @@ from jax.experimental import multihost_utils
 
 from gptjax.config import Config, ConfigError
 from gptjax.interop import register_format
+from gptjax.interop.hf import from_pretrained
 from gptjax.model.gpt import merge_lora, repad_vocab
 from gptjax.training import finetune, loss_scale, spikes
 from gptjax.training.optim import make_optimizer
+from gptjax.tokenizers import Tokenizer
 from gptjax.training.state import graphdef_of, init_state
 
 # Model fields a resumed run may change: they alter neither parameter shapes nor their meaning
@@ -391,3 +393,10 @@ def load_model(workdir: str | os.PathLike, step: int | None = None, **overrides)
 
 # A training run's workdir (config.json + orbax checkpoints/) loads its latest checkpoint.
 register_format("gptjax", is_run, load_model)
+
+
+def load_pretrained(path, tokenizer=None):
+    """(GPT.from_pretrained(path), its Tokenizer): a run's workdir or a Hugging Face folder, and
+    the tokenizer saved with it or in the folder `tokenizer` names; what a checkpoint's scorers
+    (evaluate, perplexity, multiple_choice) start from."""
+    return from_pretrained(path), Tokenizer.from_pretrained(tokenizer or path)
