@@ -11,13 +11,12 @@ multiple-choice questions (experiments.multiple_choice, train.choice_file): whic
 --num_choices replies (the true one and others drawn from the validation pairs) follows.
 """
 
-import json
 import pathlib
 
 from absl import app, flags
 
 from experiments import cli
-from gptjax.data.tasks import play_dialogues, reply_questions
+from gptjax.data.tasks import play_dialogues, reply_questions, write_examples
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("text_file", None, "The play script (tinyshakespeare's layout).",
@@ -41,7 +40,7 @@ def main(argv):
     outdir.mkdir(parents=True, exist_ok=True)
     for name, part in (("train", text[:cut]), ("val", text[cut:])):
         examples = play_dialogues(part, FLAGS.max_chars)
-        write(outdir / f"{name}.jsonl", examples)
+        write_examples(outdir / f"{name}.jsonl", examples)
         print(f"{outdir / f'{name}.jsonl'}: {len(examples)} dialogues")
     if not FLAGS.num_choices:
         return
@@ -50,14 +49,9 @@ def main(argv):
     except ValueError as e:  # too few validation dialogues: the files above stand
         print(f"no {outdir / 'val_choices.jsonl'}: {e}")
         return
-    write(outdir / "val_choices.jsonl", questions)
+    write_examples(outdir / "val_choices.jsonl", questions)
     print(f"{outdir / 'val_choices.jsonl'}: {len(questions)} questions of "
           f"{FLAGS.num_choices} replies")
-
-
-def write(path: pathlib.Path, items) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(e) + "\n" for e in items)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ trained on per second, which is what packing is for.
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from gptjax.bench.scaling import run
 from gptjax.config import Config
-from gptjax.data.tasks import play_dialogues
+from gptjax.data.tasks import play_dialogues, write_examples
 from gptjax.training.start import set_up
 
 
@@ -26,7 +25,7 @@ def make_dialogues(text_path: pathlib.Path, max_chars: int, path: pathlib.Path) 
     if not path.is_file():
         examples = play_dialogues(text_path.read_text(encoding="utf-8"), max_chars)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(e) + "\n" for e in examples), encoding="utf-8")
+        write_examples(path, examples)
     return path
 
 

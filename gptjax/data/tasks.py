@@ -176,6 +176,12 @@ def read_examples(paths: Sequence[str], task: str) -> list[list[Segment]]:
     return examples
 
 
+def write_examples(path: str | pathlib.Path, examples: Sequence[Mapping[str, Any]]) -> None:
+    """One JSON object per line: the files read_examples (and gptjax.multiple_choice) read."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(e) + "\n" for e in examples)
+
+
 def encode_rows(examples, tokenizer, seq_len: int, what: str) -> list[tuple[np.ndarray,
                                                                            np.ndarray]]:
     """(inputs, targets) int32 of each example that keeps a scored token within seq_len: its
