@@ -21,7 +21,8 @@ from gptjax.data.tasks import play_dialogues, reply_questions, write_examples
 FLAGS = flags.FLAGS
 flags.DEFINE_string("text_file", None, "The play script (tinyshakespeare's layout).",
                     required=True)
-flags.DEFINE_string("outdir", None, "Where train.jsonl and val.jsonl go.", required=True)
+flags.DEFINE_string("outdir", None, "Where train.jsonl, val.jsonl and val_choices.jsonl go.",
+                    required=True)
 flags.DEFINE_integer("max_chars", None, "Keep pairs whose two speeches fit in this many "
                      "characters together (default: all).")
 flags.DEFINE_float("val_fraction", 0.1, "The end of the text that gives validation pairs.")
